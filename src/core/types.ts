@@ -1,0 +1,247 @@
+// Plain data shared by sources, the pure core, effects and publishers.
+// No node:* imports here: everything in src/core is pure (data and `now` in, data out).
+
+/** Job statuses stepwise writes. Unknown values are read by stepwise as `failed`. */
+export const JOB_STATUSES = [
+  'staged',
+  'awaiting_approval',
+  'pending',
+  'running',
+  'paused',
+  'completed',
+  'failed',
+  'cancelled',
+  'archived',
+] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+export const TERMINAL_JOB_STATUSES: ReadonlySet<string> = new Set(['completed', 'failed', 'cancelled', 'archived']);
+
+/** Adapter-tree verdicts (exact words used in JSON and metrics). */
+export const ADAPTER_VERDICTS = [
+  'active',
+  'paused',
+  'leaked',
+  'spawning',
+  'unreferenced',
+  'orphaned',
+  'foreign',
+  'in-vm',
+] as const;
+export type AdapterVerdict = (typeof ADAPTER_VERDICTS)[number];
+
+export const PIDFILE_VERDICTS = ['live', 'stale-dead', 'stale-reused', 'invalid'] as const;
+export type PidFileVerdict = (typeof PIDFILE_VERDICTS)[number];
+
+/**
+ * A process start time: clock ticks after boot (field 22 of /proc/<pid>/stat).
+ * Comparable across reads on one boot; (pid, startTicks) is a process's identity.
+ */
+export interface ProcessIdentity {
+  pid: number;
+  startTicks: number;
+}
+
+export type ProcState = string; // one letter from /proc/<pid>/stat: R S D Z T t X I P W K
+
+export interface ProcessInfo extends ProcessIdentity {
+  ppid: number;
+  pgid: number;
+  sid: number;
+  uid: number | null; // null when unknown (fixture without uids)
+  state: ProcState;
+  comm: string;
+  /** argv; empty for kernel threads and zombies. */
+  argv: string[];
+  rssBytes: number;
+  swapBytes: number;
+  /** Only filled for the processes that need it (the server). */
+  cwd?: string | null;
+}
+
+/** Clock facts needed to turn start ticks into wall time. */
+export interface ClockInfo {
+  /** Wall-clock epoch seconds of boot (fractional when estimated from /proc/uptime). */
+  bootTimeEpoch: number;
+  ticksPerSecond: number;
+  /** Uncertainty of bootTimeEpoch in seconds (1 when it came from integer btime). */
+  bootTimeErrorSeconds: number;
+}
+
+export interface ProcessTable {
+  processes: ProcessInfo[];
+  clock: ClockInfo;
+}
+
+export interface SourceHealth {
+  ok: boolean;
+  /** One short line when not ok ("store down: database is locked for more than 2000 ms"). */
+  error?: string;
+  durationSeconds: number;
+}
+
+export interface ServerPidFile {
+  pid: number;
+  port?: number;
+  url?: string;
+  startedAt?: string; // ISO-8601 as written
+}
+
+export interface ServerInfo {
+  pidFile: ServerPidFile | null;
+  /** Why the pid file could not be used, if it could not. */
+  pidFileProblem?: string;
+  alive: boolean;
+  identity: ProcessIdentity | null;
+  cwd: string | null;
+  /** Set when the pid file exists but names no live matching process. */
+  stale: boolean;
+  reason: string;
+}
+
+export interface PidFileEntry {
+  path: string;
+  name: string;
+  /** null when the file is invalid. */
+  pid: number | null;
+  agent: string | null;
+  /** Epoch seconds (fractional) of the file's mtime. */
+  mtimeEpoch: number | null;
+  /** inode/dev, to re-check the same file before unlinking. */
+  ino: number | null;
+  dev: number | null;
+  invalidReason?: string;
+}
+
+export interface JobRow {
+  id: string;
+  status: string; // raw value; normalise with normaliseJobStatus()
+  updatedAt: string | null;
+  /** Epoch seconds when the latest terminal event (job.failed/job.completed) was written, if read. */
+  name?: string | null;
+  /** Reason from a job.failed event, e.g. "abandoned". */
+  failReason?: string | null;
+}
+
+export interface RunRow {
+  id: string;
+  jobId: string;
+  stepName: string;
+  attempt: number | null;
+  status: string;
+  startedAt: string | null;
+  completedAt: string | null;
+  /** executor_state.pid (or the pid column) of an agent step; null when none. */
+  pid: number | null;
+  agent: string | null;
+  inVm: boolean;
+}
+
+/** What the store source hands to the classifier. */
+export interface StoreSnapshot {
+  /** Runs that name a pid of interest, plus every run still `running` (or suspended/delegated). */
+  runs: RunRow[];
+  /** Jobs referenced by those runs, by id. */
+  jobs: Record<string, JobRow>;
+  /** Columns the store has (old schemas lack migrated ones). */
+  schema: { stepRunsPidColumn: boolean; schemaVersion: number };
+}
+
+export interface Policy {
+  markers: string[];
+  spawnGraceSeconds: number;
+  terminalGraceSeconds: number;
+  /** Seconds of slack when comparing wall times from different clocks. */
+  clockToleranceSeconds: number;
+  /** comm names of processes that adopt orphans (besides pid 1). */
+  subreapers: string[];
+}
+
+export const DEFAULT_POLICY: Policy = {
+  markers: ['claude-agent-acp', 'codex-acp', 'aloop serve'],
+  spawnGraceSeconds: 60,
+  terminalGraceSeconds: 30,
+  clockToleranceSeconds: 0.05,
+  subreapers: ['systemd'],
+};
+
+export interface JobRef {
+  id: string;
+  status: string;
+  terminal: boolean;
+  /** Epoch seconds the job became terminal (updated_at), when terminal. */
+  terminalSinceEpoch: number | null;
+  failReason?: string | null;
+}
+
+export type Evidence =
+  | { kind: 'run'; runId: string; jobId: string }
+  | { kind: 'pid-file'; path: string }
+  | { kind: 'server-child'; serverPid: number };
+
+export interface TreeProcess extends ProcessIdentity {
+  ppid: number;
+  pgid: number;
+  sid: number;
+  uid: number | null;
+  state: ProcState;
+  argv: string[];
+  rssBytes: number;
+  swapBytes: number;
+}
+
+export interface AdapterTree {
+  topPid: number;
+  /** The top's identity: (pid, start ticks). null for in-vm entries. */
+  top: ProcessIdentity | null;
+  processes: TreeProcess[];
+  verdict: AdapterVerdict;
+  reason: string;
+  jobs: JobRef[];
+  evidence: Evidence[];
+  rssBytes: number;
+  swapBytes: number;
+  ageSeconds: number;
+  startEpoch: number | null;
+  pidFile: string | null;
+  agent: string | null;
+  /** Latest terminalSinceEpoch of the referencing jobs, when all are terminal. */
+  lastTerminalEpoch: number | null;
+  /** Run ids that referenced the tree (for re-verification). */
+  runIds: string[];
+}
+
+export interface PidFileStatus {
+  path: string;
+  name: string;
+  pid: number | null;
+  agent: string | null;
+  verdict: PidFileVerdict;
+  reason: string;
+  ino: number | null;
+  dev: number | null;
+  /** Identity of the live process the file names, when live. */
+  process: ProcessIdentity | null;
+}
+
+export interface StaleRunningRun {
+  runId: string;
+  jobId: string;
+  jobStatus: string;
+  stepName: string;
+  startedAt: string | null;
+  pid: number | null;
+}
+
+export interface ProjectInventory {
+  root: string;
+  pidsDir: string;
+  dbPath: string;
+  server: ServerInfo;
+  sources: Record<string, SourceHealth>;
+  adapters: AdapterTree[];
+  pidFiles: PidFileStatus[];
+  staleRunningRuns: StaleRunningRun[];
+  /** Runs of running jobs with no pid recorded yet, per agent (the engine may adopt an adapter). */
+  startingRuns: { runId: string; jobId: string; agent: string | null }[];
+  now: number;
+}
