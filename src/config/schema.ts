@@ -1,0 +1,152 @@
+// One schema for every option: flags, env vars (STEPWISE_WATCHDOG_*) and an optional JSON
+// config file are merged (flags > env > file > defaults) and validated here, once, at the edge.
+// Errors quote the bad value and say where it came from.
+
+import fs from 'node:fs';
+import { z } from 'zod';
+import { DEFAULT_POLICY, type Policy } from '../core/types.js';
+
+const seconds = (name: string) =>
+  z.coerce
+    .number({ invalid_type_error: `${name} must be a number of seconds` })
+    .finite()
+    .min(0, `${name} must be ≥ 0`)
+    .max(7 * 86400, `${name} must be at most a week`);
+
+const listen = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):(\d{1,5})$/, 'must be HOST:PORT, e.g. 127.0.0.1:9477')
+  .refine((v) => {
+    const port = Number(v.slice(v.lastIndexOf(':') + 1));
+    return port >= 0 && port <= 65535;
+  }, 'port must be 0..65535');
+
+const watchProcess = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,62}=.+$/, 'must be NAME=PIDFILE (NAME: letters, digits, _ . -)');
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export const configSchema = z
+  .object({
+    project: z.array(z.string().min(1)).default([]),
+    db: z.string().min(1).nullable().default(null),
+    pidsDir: z.string().min(1).nullable().default(null),
+    procRoot: z.string().min(1).default('/proc'),
+    markers: z.array(z.string().min(1, 'a marker cannot be empty')).min(1).default(DEFAULT_POLICY.markers),
+    subreapers: z.array(z.string().min(1)).default(DEFAULT_POLICY.subreapers),
+    spawnGrace: seconds('spawn grace').default(DEFAULT_POLICY.spawnGraceSeconds),
+    terminalGrace: seconds('terminal grace').default(DEFAULT_POLICY.terminalGraceSeconds),
+    clockTolerance: z.coerce.number().finite().min(0).max(60).default(DEFAULT_POLICY.clockToleranceSeconds),
+    killWait: seconds('kill wait').default(5),
+    storeBusyMs: z.coerce.number().int().min(0).max(60_000).default(2000),
+    interval: seconds('interval').min(0.2, 'interval must be at least 0.2 s').default(15),
+    listen: listen.default('127.0.0.1:9477'),
+    observeOnly: z.boolean().default(false),
+    orphans: z.boolean().default(true),
+    gc: z.boolean().default(true),
+    tokenFile: z.string().min(1).nullable().default(null),
+    auditLog: z.string().min(1).nullable().default(null),
+    logLevel: z.enum(LOG_LEVELS).default('info'),
+    watchProcess: z.array(watchProcess).default([]),
+    allowOtherUids: z.boolean().default(false),
+    growthWindow: seconds('growth window').min(60, 'growth window must be at least 60 s').default(3600),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+
+export class ConfigError extends Error {}
+
+/** Env var names: STEPWISE_WATCHDOG_TERMINAL_GRACE etc. Lists are comma-separated. */
+const ENV_KEYS: Record<string, keyof ConfigInput> = {
+  STEPWISE_WATCHDOG_PROJECT: 'project',
+  STEPWISE_WATCHDOG_PIDS_DIR: 'pidsDir',
+  STEPWISE_WATCHDOG_PROC_ROOT: 'procRoot',
+  STEPWISE_WATCHDOG_MARKERS: 'markers',
+  STEPWISE_WATCHDOG_SUBREAPERS: 'subreapers',
+  STEPWISE_WATCHDOG_SPAWN_GRACE: 'spawnGrace',
+  STEPWISE_WATCHDOG_TERMINAL_GRACE: 'terminalGrace',
+  STEPWISE_WATCHDOG_KILL_WAIT: 'killWait',
+  STEPWISE_WATCHDOG_INTERVAL: 'interval',
+  STEPWISE_WATCHDOG_LISTEN: 'listen',
+  STEPWISE_WATCHDOG_OBSERVE_ONLY: 'observeOnly',
+  STEPWISE_WATCHDOG_ORPHANS: 'orphans',
+  STEPWISE_WATCHDOG_GC: 'gc',
+  STEPWISE_WATCHDOG_TOKEN_FILE: 'tokenFile',
+  STEPWISE_WATCHDOG_AUDIT_LOG: 'auditLog',
+  STEPWISE_WATCHDOG_LOG_LEVEL: 'logLevel',
+  STEPWISE_WATCHDOG_WATCH_PROCESS: 'watchProcess',
+  STEPWISE_WATCHDOG_ALLOW_OTHER_UIDS: 'allowOtherUids',
+  STEPWISE_WATCHDOG_GROWTH_WINDOW: 'growthWindow',
+  // stepwise's own variable for the store path.
+  STEPWISE_DB: 'db',
+};
+const LIST_KEYS = new Set<keyof ConfigInput>(['project', 'markers', 'subreapers', 'watchProcess']);
+const BOOL_KEYS = new Set<keyof ConfigInput>(['observeOnly', 'orphans', 'gc', 'allowOtherUids']);
+
+function fromEnv(env: NodeJS.ProcessEnv): { values: Record<string, unknown>; origin: Record<string, string> } {
+  const values: Record<string, unknown> = {};
+  const origin: Record<string, string> = {};
+  for (const [name, key] of Object.entries(ENV_KEYS)) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    origin[key] = `env ${name}`;
+    if (LIST_KEYS.has(key)) values[key] = raw.split(',').map((s) => s.trim()).filter(Boolean);
+    else if (BOOL_KEYS.has(key)) {
+      if (!/^(1|0|true|false|yes|no)$/i.test(raw)) throw new ConfigError(`env ${name}=${JSON.stringify(raw)}: must be true or false`);
+      values[key] = /^(1|true|yes)$/i.test(raw);
+    } else values[key] = raw;
+  }
+  return { values, origin };
+}
+
+function fromFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`--config ${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  try {
+    const data: unknown = JSON.parse(text);
+    if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new Error('not an object');
+    return data as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError(`--config ${file}: not a JSON object (${(err as Error).message})`);
+  }
+}
+
+/** Merge and validate. `flags` holds only what the user gave on the command line. */
+export function loadConfig(opts: { flags: Record<string, unknown>; env?: NodeJS.ProcessEnv; file?: string | null }): Config {
+  const env = fromEnv(opts.env ?? {});
+  const file = opts.file ? fromFile(opts.file) : {};
+  const origin: Record<string, string> = {};
+  for (const k of Object.keys(file)) origin[k] = `config file ${opts.file}`;
+  Object.assign(origin, env.origin);
+  const flags = Object.fromEntries(Object.entries(opts.flags).filter(([, v]) => v !== undefined));
+  for (const k of Object.keys(flags)) origin[k] = `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  const merged = { ...file, ...env.values, ...flags };
+  const result = configSchema.safeParse(merged);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const key = String(issue.path[0] ?? '');
+  if (issue.code === 'unrecognized_keys') {
+    throw new ConfigError(`unknown option${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')} in ${opts.file ? `config file ${opts.file}` : 'options'}`);
+  }
+  let value: unknown = merged[key as keyof typeof merged];
+  if (Array.isArray(value) && typeof issue.path[1] === 'number') value = value[issue.path[1]];
+  const where = origin[key] ?? key;
+  throw new ConfigError(`${where} ${JSON.stringify(value)}: ${issue.message}`);
+}
+
+export function policyFromConfig(c: Config): Policy {
+  return {
+    markers: c.markers,
+    spawnGraceSeconds: c.spawnGrace,
+    terminalGraceSeconds: c.terminalGrace,
+    clockToleranceSeconds: c.clockTolerance,
+    subreapers: c.subreapers,
+  };
+}

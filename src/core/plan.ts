@@ -1,0 +1,228 @@
+// The pure planner: plan(inventory, policy, selection) → actions with their reasons. The same
+// plan feeds the CLI (`reap`, `gc`), the daemon and the HTTP API; effects carry it out.
+
+import type { AdapterTree, AdapterVerdict, JobRef, PidFileStatus, Policy, ProjectInventory } from './types.js';
+
+export interface Selection {
+  /** Every leaked tree past the terminal grace. */
+  allLeaked: boolean;
+  /** Every orphaned tree past the spawn grace. */
+  orphans: boolean;
+  /** Trees these jobs reference (refused while a job is not terminal, unless force). */
+  jobs: string[];
+  /** Trees by top pid (refused unless reapable, unless force). */
+  pids: number[];
+  /** Overrides the "job not terminal" and "not reapable" refusals only. */
+  force: boolean;
+  /** Stale pid files (stale-dead, stale-reused). */
+  gc: boolean;
+}
+
+export interface PlanContext {
+  /** The watchdog's pid and every ancestor of it: never signalled. */
+  selfPid: number;
+  selfAncestors: number[];
+  /** The watchdog's uid; trees with processes of another (or unknown) uid are refused unless allowed. */
+  selfUid: number | null;
+  allowOtherUids: boolean;
+}
+
+/** Short, bounded codes (metric label values). */
+export const REFUSAL_CODES = [
+  'source_down',
+  'not_found',
+  'not_reapable',
+  'job_not_terminal',
+  'protected',
+  'other_uid',
+  'adoption_race',
+  'grace',
+] as const;
+export type RefusalCode = (typeof REFUSAL_CODES)[number];
+
+export interface KillTreeAction {
+  kind: 'kill-tree';
+  project: string;
+  tree: AdapterTree;
+  verdict: AdapterVerdict;
+  reason: string;
+  /** How it was selected: by policy (all-leaked/orphans) or explicitly (--job/--pid). */
+  selectedBy: 'all-leaked' | 'orphans' | 'job' | 'pid';
+  forced: boolean;
+}
+
+export interface RemovePidFileAction {
+  kind: 'remove-pid-file';
+  project: string;
+  pidsDir: string;
+  file: PidFileStatus;
+  reason: string;
+}
+
+export interface Refusal {
+  kind: 'refusal';
+  project: string;
+  /** What was asked for or considered: "tree 1234", "job job-1", "pid 99". */
+  target: string;
+  code: RefusalCode;
+  reason: string;
+  /** true when the user asked for it by name (--job/--pid): refusals of explicit requests are audited. */
+  explicit: boolean;
+  tree?: AdapterTree;
+}
+
+export type PlannedAction = KillTreeAction | RemovePidFileAction;
+
+export interface Plan {
+  project: string;
+  actions: PlannedAction[];
+  refusals: Refusal[];
+}
+
+const REAPABLE: ReadonlySet<AdapterVerdict> = new Set(['leaked', 'orphaned']);
+
+export function plan(inv: ProjectInventory, policy: Policy, selection: Selection, ctx: PlanContext): Plan {
+  const out: Plan = { project: inv.root, actions: [], refusals: [] };
+  const refuse = (target: string, code: RefusalCode, reason: string, explicit: boolean, tree?: AdapterTree) =>
+    out.refusals.push({ kind: 'refusal', project: inv.root, target, code, reason, explicit, ...(tree ? { tree } : {}) });
+
+  const wantsKills = selection.allLeaked || selection.orphans || selection.jobs.length > 0 || selection.pids.length > 0;
+  const down = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'store' || name === 'processes'));
+  if (wantsKills && down.length > 0) {
+    // No kill at all when the store or the process table could not be read: the evidence is missing.
+    const why = down.map(([, h]) => h.error ?? 'unreadable').join('; ');
+    refuse('all trees', 'source_down', `nothing reaped: ${why}`, selection.jobs.length > 0 || selection.pids.length > 0);
+  } else if (wantsKills) {
+    planKills(inv, policy, selection, ctx, out, refuse);
+  }
+
+  if (selection.gc) {
+    const gcDown = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'processes' || name === 'pidfiles'));
+    if (gcDown.length > 0) {
+      refuse('pid files', 'source_down', `no pid file removed: ${gcDown.map(([, h]) => h.error).join('; ')}`, false);
+    } else {
+      for (const f of inv.pidFiles) {
+        if (f.verdict === 'stale-dead' || f.verdict === 'stale-reused') {
+          out.actions.push({ kind: 'remove-pid-file', project: inv.root, pidsDir: inv.pidsDir, file: f, reason: `${f.verdict}: ${f.reason}` });
+        }
+      }
+    }
+  }
+  return out;
+}
+
+type RefuseFn = (target: string, code: RefusalCode, reason: string, explicit: boolean, tree?: AdapterTree) => void;
+
+function planKills(inv: ProjectInventory, policy: Policy, selection: Selection, ctx: PlanContext, out: Plan, refuse: RefuseFn): void {
+  const chosen = new Map<number, KillTreeAction>();
+  const hostTrees = inv.adapters.filter((a) => a.verdict !== 'in-vm');
+
+  const consider = (tree: AdapterTree, selectedBy: KillTreeAction['selectedBy'], explicit: boolean, forced: boolean, why: string) => {
+    if (chosen.has(tree.topPid)) return;
+    const target = `tree ${tree.topPid}`;
+    const guard = protectedReason(tree, inv, ctx);
+    if (guard) return refuse(target, guard.code, guard.reason, explicit, tree);
+    const race = adoptionRace(tree, inv);
+    if (race) return refuse(target, 'adoption_race', race, explicit, tree);
+    chosen.set(tree.topPid, { kind: 'kill-tree', project: inv.root, tree, verdict: tree.verdict, reason: why, selectedBy, forced });
+  };
+
+  // By policy: leaked past the terminal grace, orphaned past the spawn grace.
+  if (selection.allLeaked) {
+    for (const tree of hostTrees.filter((t) => t.verdict === 'leaked')) {
+      const since = tree.lastTerminalEpoch;
+      if (since === null) {
+        refuse(`tree ${tree.topPid}`, 'grace', `${tree.reason}; when its jobs ended is unknown, so the terminal grace cannot be checked`, false, tree);
+      } else if (inv.now - since < policy.terminalGraceSeconds) {
+        const left = Math.ceil(policy.terminalGraceSeconds - (inv.now - since));
+        refuse(`tree ${tree.topPid}`, 'grace', `${tree.reason}; within the terminal grace (${left}s left: the engine's own teardown may still run)`, false, tree);
+      } else consider(tree, 'all-leaked', false, false, tree.reason);
+    }
+  }
+  if (selection.orphans) {
+    for (const tree of hostTrees.filter((t) => t.verdict === 'orphaned')) {
+      if (tree.ageSeconds < policy.spawnGraceSeconds) {
+        refuse(`tree ${tree.topPid}`, 'grace', `${tree.reason}; younger than the spawn grace`, false, tree);
+      } else consider(tree, 'orphans', false, false, tree.reason);
+    }
+  }
+
+  // Explicit requests: the terminal grace does not apply, the refusals below do.
+  for (const jobId of selection.jobs) {
+    const trees = hostTrees.filter((t) => t.jobs.some((j) => j.id === jobId));
+    if (trees.length === 0) {
+      refuse(`job ${jobId}`, 'not_found', `job ${jobId} references no live adapter tree`, true);
+      continue;
+    }
+    const job = trees[0]!.jobs.find((j) => j.id === jobId) as JobRef;
+    if (!job.terminal && !selection.force) {
+      refuse(`job ${jobId}`, 'job_not_terminal', `job ${jobId} is ${job.status}, not terminal (use --force to override)`, true);
+      continue;
+    }
+    for (const tree of trees) {
+      if (!REAPABLE.has(tree.verdict) && !selection.force) {
+        refuse(`tree ${tree.topPid}`, 'not_reapable', `tree ${tree.topPid} is ${tree.verdict}: ${tree.reason} (use --force to override)`, true, tree);
+        continue;
+      }
+      consider(tree, 'job', true, selection.force && (!job.terminal || !REAPABLE.has(tree.verdict)), `requested for job ${jobId}: ${tree.reason}`);
+    }
+  }
+  for (const pid of selection.pids) {
+    const tree = hostTrees.find((t) => t.topPid === pid);
+    if (!tree) {
+      const inside = hostTrees.find((t) => t.processes.some((p) => p.pid === pid));
+      refuse(`pid ${pid}`, 'not_found', inside ? `pid ${pid} is inside tree ${inside.topPid}; select the tree by its top pid` : `no adapter tree has top pid ${pid}`, true);
+      continue;
+    }
+    if (!REAPABLE.has(tree.verdict) && !selection.force) {
+      refuse(`pid ${pid}`, 'not_reapable', `tree ${pid} is ${tree.verdict}: ${tree.reason} (use --force to override)`, true, tree);
+      continue;
+    }
+    consider(tree, 'pid', true, selection.force && !REAPABLE.has(tree.verdict), `requested by pid: ${tree.reason}`);
+  }
+  out.actions.push(...chosen.values());
+}
+
+/** Hard limits no flag overrides: foreign trees, the server, pid 1, the watchdog and its ancestors, other uids. */
+function protectedReason(tree: AdapterTree, inv: ProjectInventory, ctx: PlanContext): { code: RefusalCode; reason: string } | null {
+  if (tree.verdict === 'foreign') return { code: 'protected', reason: `tree ${tree.topPid} is foreign (${tree.reason}): never touched` };
+  if (tree.verdict === 'in-vm') return { code: 'protected', reason: `tree ${tree.topPid} runs in a microVM: never touched` };
+  const serverPid = inv.server.identity?.pid ?? inv.server.pidFile?.pid ?? null;
+  const self = new Set([ctx.selfPid, ...ctx.selfAncestors]);
+  for (const p of tree.processes) {
+    if (p.pid <= 1) return { code: 'protected', reason: `tree ${tree.topPid} contains pid ${p.pid}` };
+    if (p.pid === serverPid) return { code: 'protected', reason: `tree ${tree.topPid} contains the stepwise server ${p.pid}` };
+    if (self.has(p.pid)) return { code: 'protected', reason: `tree ${tree.topPid} contains the watchdog or one of its ancestors (${p.pid})` };
+    if (!ctx.allowOtherUids && (p.uid === null || ctx.selfUid === null || p.uid !== ctx.selfUid)) {
+      const uid = p.uid === null ? 'an unknown uid' : `uid ${p.uid}`;
+      return { code: 'other_uid', reason: `tree ${tree.topPid}: process ${p.pid} runs as ${uid}, not the watchdog's${ctx.selfUid === null ? '' : ` (${ctx.selfUid})`}` };
+    }
+  }
+  if (tree.processes.length === 0) return { code: 'not_found', reason: `tree ${tree.topPid} has no live process` };
+  return null;
+}
+
+/**
+ * Do not race the engine: while a step run of a running job is starting an agent (running, no
+ * pid recorded yet), an adapter of the same agent could be adopted by it.
+ */
+function adoptionRace(tree: AdapterTree, inv: ProjectInventory): string | null {
+  const starting = inv.startingRuns.find((r) => r.agent === null || tree.agent === null || r.agent === tree.agent);
+  if (!starting) return null;
+  const agent = starting.agent ?? tree.agent ?? 'an';
+  return `${tree.reason}; held: run ${starting.runId} of job ${starting.jobId} is starting ${agent === 'an' ? 'an' : `a '${agent}'`} agent and could adopt this adapter`;
+}
+
+/** Seconds until a held-by-grace tree becomes reapable (for the daemon's next wake-up); null if none. */
+export function nextGraceExpiry(inv: ProjectInventory, policy: Policy, selection: Pick<Selection, 'allLeaked' | 'orphans'>): number | null {
+  let soonest: number | null = null;
+  const note = (s: number) => {
+    if (s > 0 && (soonest === null || s < soonest)) soonest = s;
+  };
+  for (const t of inv.adapters) {
+    if (selection.allLeaked && t.verdict === 'leaked' && t.lastTerminalEpoch !== null) note(t.lastTerminalEpoch + policy.terminalGraceSeconds - inv.now);
+    if (selection.orphans && t.verdict === 'orphaned') note(policy.spawnGraceSeconds - t.ageSeconds);
+    // A spawning tree turns unreferenced (a metric change, not a reap) when the spawn grace ends.
+  }
+  return soonest;
+}
