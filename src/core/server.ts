@@ -42,5 +42,6 @@ export function resolveServer(
     cwd: p.cwd ?? null,
     stale: false,
     reason: `server ${p.pid} alive`,
+    memory: { rssBytes: p.rssBytes, swapBytes: p.swapBytes },
   };
 }

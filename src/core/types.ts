@@ -56,6 +56,11 @@ export interface ProcessInfo extends ProcessIdentity {
   swapBytes: number;
   /** Only filled for the processes that need it (the server). */
   cwd?: string | null;
+  /**
+   * True when /proc/<pid>/status was read for this process, so `uid` and `swapBytes` are
+   * known; otherwise uid is null and swapBytes 0 (unknown, not measured).
+   */
+  detailed?: boolean;
 }
 
 /** Clock facts needed to turn start ticks into wall time. */
@@ -96,6 +101,8 @@ export interface ServerInfo {
   /** Set when the pid file exists but names no live matching process. */
   stale: boolean;
   reason: string;
+  /** The live server's own memory (for the growth metric); null when down or unknown. */
+  memory?: { rssBytes: number; swapBytes: number } | null;
 }
 
 export interface PidFileEntry {
