@@ -126,6 +126,7 @@ export function classify(input: ClassifyInput): ProjectInventory {
     pidFiles: [],
     staleRunningRuns: [],
     startingRuns: [],
+    storeSchema: input.store?.schema ?? null,
     now,
   };
 
@@ -140,7 +141,7 @@ export function classify(input: ClassifyInput): ProjectInventory {
     if (run.status === 'running' && job && isTerminalJobStatus(job.status)) {
       inventory.staleRunningRuns.push(staleRun(run, job));
     }
-    if (run.status === 'running' && run.pid === null && !run.inVm && job && !isTerminalJobStatus(job.status) && job.status !== 'paused') {
+    if (run.agentStep && run.status === 'running' && run.pid === null && !run.inVm && job && !isTerminalJobStatus(job.status) && job.status !== 'paused') {
       inventory.startingRuns.push({ runId: run.id, jobId: run.jobId, agent: run.agent });
     }
   }
@@ -184,7 +185,7 @@ export function classify(input: ClassifyInput): ProjectInventory {
   // Runs that name host pids (in-vm guest pids are never matched against host processes).
   const runsByPid = new Map<number, RunRow[]>();
   for (const run of runs) {
-    if (run.inVm || run.pid === null || run.pid <= 1) continue;
+    if (!run.agentStep || run.inVm || run.pid === null || run.pid <= 1) continue;
     const list = runsByPid.get(run.pid) ?? [];
     list.push(run);
     runsByPid.set(run.pid, list);
@@ -432,7 +433,7 @@ function staleRun(run: RunRow, job: JobRow): StaleRunningRun {
 function inVmAdapters(runs: RunRow[], jobs: Record<string, JobRow>, now: number): AdapterTree[] {
   const groups = new Map<string, RunRow[]>();
   for (const run of runs) {
-    if (!run.inVm || !OPEN_RUN_STATUSES.has(run.status)) continue;
+    if (!run.agentStep || !run.inVm || !OPEN_RUN_STATUSES.has(run.status)) continue;
     const key = run.pid === null ? `run:${run.id}` : `pid:${run.pid}`;
     const list = groups.get(key) ?? [];
     list.push(run);

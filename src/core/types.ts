@@ -141,11 +141,17 @@ export interface RunRow {
   pid: number | null;
   agent: string | null;
   inVm: boolean;
+  /**
+   * An agent step (executor_state names an agent or a session). Only agent runs are evidence for
+   * an adapter or "starting an agent"; script steps record a pid too. Every open run counts for
+   * "stale running runs".
+   */
+  agentStep: boolean;
 }
 
 /** What the store source hands to the classifier. */
 export interface StoreSnapshot {
-  /** Runs that name a pid of interest, plus every run still `running` (or suspended/delegated). */
+  /** Agent runs that name a pid of interest, plus every open run (running, suspended, delegated). */
   runs: RunRow[];
   /** Jobs referenced by those runs, by id. */
   jobs: Record<string, JobRow>;
@@ -250,5 +256,7 @@ export interface ProjectInventory {
   staleRunningRuns: StaleRunningRun[];
   /** Runs of running jobs with no pid recorded yet, per agent (the engine may adopt an adapter). */
   startingRuns: { runId: string; jobId: string; agent: string | null }[];
+  /** What the store's schema offers (old stepwise versions lack migrated columns); null when unread. */
+  storeSchema: StoreSnapshot['schema'] | null;
   now: number;
 }

@@ -217,6 +217,19 @@ describe('classify: server and store facts', () => {
     expect(inv.startingRuns).toEqual([{ runId: 'r2', jobId: 'j2', agent: 'claude' }]);
   });
 
+  it("a script step's pid is never evidence, and a running script step is not an agent starting", () => {
+    const inv = classify(
+      input({
+        processes: [serverProc, ...adapter(200, 1, 2_000)],
+        runs: [run('r1', 'j1', 200, 1_999.9, null, { agentStep: false, agent: null }), run('r2', 'j2', null, 2_000, null, { agentStep: false, agent: null })],
+        jobs: [job('j1', 'failed'), job('j2', 'running')],
+      }),
+    );
+    expect(verdictOf(inv, 200)!.verdict).toBe('foreign');
+    expect(inv.startingRuns).toEqual([]);
+    expect(inv.staleRunningRuns.map((r) => r.runId)).toEqual(['r1']);
+  });
+
   it('store down: trees are still listed, their reason says jobs are unknown', () => {
     const inv = classify(input({ processes: [serverProc, ...adapter(200, SERVER, NOW - 600)], pidFiles: [pidFile(200, NOW - 599.7)], storeDown: true }));
     expect(verdictOf(inv, 200)!.reason).toMatch(/^store unreadable, jobs unknown: /);

@@ -50,6 +50,7 @@ export function run(id: string, jobId: string, pid: number | null, startedEpoch:
     pid,
     agent: 'claude',
     inVm: false,
+    agentStep: true,
     ...over,
   };
 }

@@ -1,0 +1,130 @@
+// One project's read side: sources (each reporting its own health; one failing source never
+// aborts the cycle) → the pure classifier → an inventory. Long-lived in the daemon (the store
+// reader keeps its incremental index), short-lived in one-shot commands.
+
+import { classify } from '../core/classify.js';
+import { matchesMarker } from '../core/process-tree.js';
+import { resolveServer } from '../core/server.js';
+import { startEpoch } from '../core/time.js';
+import type { Policy, ProjectInventory, SourceHealth } from '../core/types.js';
+import { readPidFiles } from '../sources/pid-files.js';
+import { ArgvCache, readCwd, readProcessTable } from '../sources/processes.js';
+import { projectPaths, readServerPidFile, resolvePidsDir, type ProjectPaths } from '../sources/project.js';
+import { StoreReader } from '../sources/store.js';
+
+export interface ProjectSessionOptions {
+  root: string;
+  db?: string | null;
+  pidsDir?: string | null;
+  procRoot?: string;
+  env?: NodeJS.ProcessEnv;
+  storeBusyMs?: number;
+  policy: Policy;
+}
+
+export class ProjectSession {
+  readonly paths: ProjectPaths;
+  readonly store: StoreReader;
+  private readonly procRoot: string;
+  /**
+   * argv of processes already seen (same pid, start time and comm), pruned every read: keeps
+   * a daemon's cycle near the cost of reading stat alone. A marker is only a hint, so the rare
+   * exec to the same comm with new arguments can at worst hide a hint, never invent evidence.
+   */
+  private readonly argvCache = new ArgvCache();
+
+  constructor(readonly options: ProjectSessionOptions) {
+    this.paths = projectPaths(options.root, { db: options.db ?? null, pidsDir: options.pidsDir ?? null, env: options.env ?? {} });
+    this.procRoot = options.procRoot ?? '/proc';
+    this.store = new StoreReader({ dbPath: this.paths.dbPath, busyTimeoutMs: options.storeBusyMs ?? 2000 });
+  }
+
+  get root(): string {
+    return this.paths.root;
+  }
+
+  /** Read every source and classify. Never throws for a source failure. */
+  collect(nowEpochSeconds: number = Date.now() / 1000): ProjectInventory {
+    const { policy } = this.options;
+    const sources: Record<string, SourceHealth> = {};
+
+    const serverFile = readServerPidFile(this.paths.serverPidPath);
+    const serverPid = serverFile.pidFile?.pid ?? null;
+
+    // Pid files can only be located once the server's cwd is known, but the process table read
+    // wants their pids to decide which processes need details: read the default folder's names
+    // first only when an override is given; otherwise details are chosen by marker and server.
+    const procs = readProcessTable({
+      procRoot: this.procRoot,
+      argvCache: this.argvCache,
+      detailFor: (p) => p.pid === serverPid || p.ppid === serverPid || matchesMarker(p.argv, policy.markers) || this.interesting.has(p.pid),
+    });
+    sources.processes = procs.health;
+    const table = procs.health.ok || procs.table.processes.length > 0 ? procs.table : null;
+
+    const serverT0 = performance.now();
+    if (table && serverPid !== null) {
+      const p = table.processes.find((x) => x.pid === serverPid);
+      if (p) p.cwd = readCwd(serverPid, this.procRoot);
+    }
+    const server = resolveServer(serverFile.pidFile, serverFile.problem, table, policy.clockToleranceSeconds);
+    sources.server = {
+      ok: serverFile.pidFile !== null || /no server\.pid/.test(serverFile.problem ?? ''),
+      ...(serverFile.pidFile === null && !/no server\.pid/.test(serverFile.problem ?? '') ? { error: `server down: ${serverFile.problem}` } : {}),
+      durationSeconds: (performance.now() - serverT0) / 1000,
+    };
+
+    const pidsDir = resolvePidsDir(this.paths, server.alive ? server.cwd : null);
+    const pidFiles = readPidFiles(pidsDir);
+    sources.pidfiles = pidFiles.health;
+
+    // The store is asked only about pids that are alive now (a run naming a dead pid can never
+    // be evidence again: any later process with that pid started after the run finished).
+    // Their start times let the store drop finished runs that ended before the process started
+    // (a reused pid): bounded tracking on hosts that cycle through pids.
+    const live = new Set<number>();
+    const starts = new Map<number, number>();
+    for (const p of table?.processes ?? []) {
+      if (p.state === 'Z' || p.state === 'X') continue;
+      live.add(p.pid);
+      if (table) starts.set(p.pid, startEpoch(table.clock, p.startTicks));
+    }
+    const storeRead = this.store.read({ pidsOfInterest: live, pidStartEpochs: starts });
+    sources.store = storeRead.health;
+
+    // Remember which pids the store ties to runs, so the process read details them too (uid,
+    // swap). On a first read a run may name a process without a marker or pid file: read the
+    // table once more then, rather than judge a tree whose uid is unknown.
+    const runPids = new Set((storeRead.snapshot?.runs ?? []).map((r) => r.pid).filter((p): p is number => p !== null));
+    this.interesting = runPids;
+    const undetailed = (table?.processes ?? []).some((p) => runPids.has(p.pid) && !p.detailed && p.state !== 'Z');
+    if (undetailed && !this.rereading) {
+      this.rereading = true;
+      try {
+        return this.collect(nowEpochSeconds);
+      } finally {
+        this.rereading = false;
+      }
+    }
+
+    return classify({
+      root: this.paths.root,
+      pidsDir,
+      dbPath: this.paths.dbPath,
+      processes: table,
+      server,
+      pidFiles: pidFiles.entries,
+      store: storeRead.health.ok ? storeRead.snapshot : null,
+      sources,
+      policy,
+      now: nowEpochSeconds,
+    });
+  }
+
+  private interesting = new Set<number>();
+  private rereading = false;
+
+  close(): void {
+    this.store.close();
+  }
+}

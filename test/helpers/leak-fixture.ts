@@ -1,0 +1,143 @@
+// The real stepwise 0.46.1 leak fixture (../shared/fixtures/stepwise-0.46.1-leak), loaded
+// as the pure core's inputs. The fixture folder is read-only: the DB is copied first.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { classify } from '../../src/core/classify.js';
+import { resolveServer } from '../../src/core/server.js';
+import { DEFAULT_POLICY, type PidFileEntry, type ProcessInfo, type ProcessTable, type ProjectInventory, type ServerPidFile } from '../../src/core/types.js';
+import { readPidFiles } from '../../src/sources/pid-files.js';
+import { parseServerPidFile } from '../../src/sources/project.js';
+import { StoreReader } from '../../src/sources/store.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const FIXTURE_DIR = path.resolve(here, '../../../shared/fixtures/stepwise-0.46.1-leak');
+
+interface FixtureProcess {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  state: string;
+  starttime_ticks: number;
+  rss_kb?: number;
+  role: string;
+  cwd?: string;
+  argv: string[];
+}
+interface FixtureProcesses {
+  boot_time_epoch: number;
+  clock_ticks_per_second: number;
+  server_pid: number;
+  pid_file_mtimes: Record<string, number>;
+  processes: FixtureProcess[];
+}
+export interface ExpectedScenario {
+  name: string;
+  kind: string;
+  verdict: string;
+  reap_expected: boolean;
+  must_not_kill: boolean;
+  jobs: { job_id: string; status: string }[];
+  adapter_top_pid: number;
+  adapter_alive: boolean;
+  adapter_pids: number[];
+  pid_file: string | null;
+}
+
+export function fixtureProcesses(): FixtureProcesses {
+  return JSON.parse(fs.readFileSync(path.join(FIXTURE_DIR, 'processes.json'), 'utf8')) as FixtureProcesses;
+}
+
+export function expectedScenarios(): ExpectedScenario[] {
+  return (JSON.parse(fs.readFileSync(path.join(FIXTURE_DIR, 'expected.json'), 'utf8')) as { scenarios: ExpectedScenario[] }).scenarios;
+}
+
+/** processes.json as a process table: sid = pgid (every fixture process leads or joins its session's group), uid unknown. */
+export function fixtureProcessTable(): ProcessTable {
+  const fx = fixtureProcesses();
+  const processes: ProcessInfo[] = fx.processes.map((p) => ({
+    pid: p.pid,
+    ppid: p.ppid,
+    pgid: p.pgid,
+    sid: p.pgid,
+    uid: null,
+    state: p.state,
+    comm: path.basename(p.argv[0] ?? '').slice(0, 15),
+    argv: p.argv,
+    startTicks: p.starttime_ticks,
+    rssBytes: (p.rss_kb ?? 0) * 1024,
+    swapBytes: 0,
+    cwd: p.cwd ?? null,
+  }));
+  // The boot time is given to the second; the fixture's times were taken on that clock.
+  return { processes, clock: { bootTimeEpoch: fx.boot_time_epoch, ticksPerSecond: fx.clock_ticks_per_second, bootTimeErrorSeconds: 0 } };
+}
+
+/** Pid files read by the real source, with the mtimes git could not keep. */
+export function fixturePidFiles(): PidFileEntry[] {
+  const fx = fixtureProcesses();
+  const { entries, health } = readPidFiles(path.join(FIXTURE_DIR, 'pids'));
+  if (!health.ok) throw new Error(health.error);
+  return entries.map((e) => ({ ...e, mtimeEpoch: fx.pid_file_mtimes[e.name] ?? null }));
+}
+
+export function fixtureServerPidFile(): ServerPidFile {
+  const parsed = parseServerPidFile(fs.readFileSync(path.join(FIXTURE_DIR, 'server.pid'), 'utf8'));
+  if ('error' in parsed) throw new Error(parsed.error);
+  return parsed;
+}
+
+/** A private, writable copy of the fixture DB. */
+export function copyFixtureDb(): { dbPath: string; cleanup: () => void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sw-fixture-'));
+  const dbPath = path.join(dir, 'stepwise.db');
+  fs.copyFileSync(path.join(FIXTURE_DIR, 'stepwise.db'), dbPath);
+  fs.chmodSync(dbPath, 0o644);
+  return { dbPath, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Verdict words in expected.json → the watchdog's vocabulary. */
+export const EXPECTED_TO_OURS: Record<string, { adapter?: string; pidFile?: string }> = {
+  leaked: { adapter: 'leaked', pidFile: 'live' },
+  active: { adapter: 'active', pidFile: 'live' },
+  paused: { adapter: 'paused', pidFile: 'live' },
+  'shared-active': { adapter: 'active', pidFile: 'live' },
+  'unowned-orphan': { adapter: 'orphaned', pidFile: 'live' },
+  foreign: { adapter: 'foreign' },
+  'stale-pidfile-dead': { pidFile: 'stale-dead' },
+  'stale-pidfile-reused': { pidFile: 'stale-reused' },
+  'released-by-engine': {},
+};
+
+/**
+ * The fixture classified through the real store and pid-file sources, `secondsAfter` the
+ * snapshot (taken right after the last pid file was written).
+ */
+export function fixtureInventory(secondsAfter: number): ProjectInventory {
+  const db = copyFixtureDb();
+  try {
+    const table = fixtureProcessTable();
+    const reader = new StoreReader({ dbPath: db.dbPath });
+    const live = new Set(table.processes.filter((p) => p.state !== 'Z').map((p) => p.pid));
+    const store = reader.read({ pidsOfInterest: live });
+    reader.close();
+    if (!store.health.ok) throw new Error(store.health.error);
+    const fx = fixtureProcesses();
+    const now = Math.max(...Object.values(fx.pid_file_mtimes)) + secondsAfter;
+    return classify({
+      root: '/tmp/stepwise-project',
+      pidsDir: '/tmp/stepwise-project/.stepwise/pids',
+      dbPath: '/tmp/stepwise-project/.stepwise/stepwise.db',
+      processes: table,
+      server: resolveServer(fixtureServerPidFile(), undefined, table, DEFAULT_POLICY.clockToleranceSeconds),
+      pidFiles: fixturePidFiles(),
+      store: store.snapshot,
+      sources: { store: { ...store.health, durationSeconds: 0 }, processes: { ok: true, durationSeconds: 0 }, pidfiles: { ok: true, durationSeconds: 0 }, server: { ok: true, durationSeconds: 0 } },
+      policy: DEFAULT_POLICY,
+      now,
+    });
+  } finally {
+    db.cleanup();
+  }
+}
