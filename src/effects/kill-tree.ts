@@ -1,0 +1,444 @@
+// Carry out one kill-tree action: re-verify, SIGTERM, wait, SIGKILL, confirm. The first rule:
+// never signal what is not provably ours. A process is (pid, start ticks), never a bare pid;
+// every signal is preceded by a fresh read of the target's identity, and every fallback below
+// says why it is safe.
+//
+// Procedure (see killTree):
+//  1. recheck(): the caller re-collects the project and hands back the fresh tree with the same
+//     top identity (or why not). Its verdict must still be reapable for this action, its set of
+//     jobs unchanged; then each member's identity is re-read and only exact matches are kept.
+//  2. SIGTERM: the process group (`kill(-pgid)`) when it is the tree's own group and no
+//     protected process is in it, plus every verified member outside that group individually
+//     (setsid'd descendants escape group kills), each re-read right before its signal.
+//  3. Wait up to killWaitMs (polling, cancellable), SIGKILL what remains (same re-checks),
+//     confirm. A zombie counts as gone: its memory is freed (the top of an adapter the live
+//     server spawned stays a zombie child of the server until the server reaps it).
+//  4. Report per process. ESRCH = gone (success); EPERM = failure, reported once, never retried.
+
+import { readdirSync, readFileSync } from 'node:fs';
+import type { KillTreeAction, RefusalCode } from '../core/plan.js';
+import type { AdapterTree, AdapterVerdict, ProcessIdentity, TreeProcess } from '../core/types.js';
+import { parseStat } from '../sources/proc-stat.js';
+import { readIdentity as readIdentityFromProc, type LiveIdentity } from '../sources/processes.js';
+
+export type SignalName = 'SIGTERM' | 'SIGKILL';
+
+export interface SentSignal {
+  signal: SignalName;
+  /** 'group': kill(-pgid) reached it; 'process': kill(pid). */
+  via: 'group' | 'process';
+}
+
+export type ProcessResult = 'gone' | 'still-alive' | 'eperm' | 'skipped-identity-changed';
+
+export interface ProcessOutcome {
+  pid: number;
+  startTicks: number;
+  argv: string[];
+  signals: SentSignal[];
+  result: ProcessResult;
+  /** rss + swap from the inventory, counted only when it is gone after we signalled it. */
+  bytesFreed: number;
+  /** Why, when not simply "gone after our signal". */
+  note?: string;
+}
+
+/** Why a kill was not carried out (bounded: metric label values). */
+export type KillSkipCode = 'identity_changed' | 'verdict_changed' | 'ownership_changed' | 'aborted' | RefusalCode;
+
+export interface KillTreeResult {
+  kind: 'kill-tree';
+  project: string;
+  topPid: number;
+  startTicks: number | null;
+  /** The verdict the plan acted on, and the one re-verification found (null when it found none). */
+  verdict: AdapterVerdict;
+  freshVerdict: AdapterVerdict | null;
+  /** Why it was planned. */
+  reason: string;
+  selectedBy: KillTreeAction['selectedBy'];
+  forced: boolean;
+  /** 'ok': every process is gone; 'failed': some still alive or EPERM; 'skipped': re-verification refused. */
+  outcome: 'ok' | 'failed' | 'skipped';
+  /** Set when skipped (why) or failed ('eperm' | 'still_alive' | 'aborted'). */
+  code?: KillSkipCode | 'eperm' | 'still_alive';
+  /** One line for humans. */
+  detail: string;
+  /** The tree as planned (pids, start ticks, argv, jobs) — what the audit trail records. */
+  tree: AdapterTree;
+  /** Jobs and their statuses as re-verified (the planned ones when re-verification found no tree). */
+  jobs: { id: string; status: string }[];
+  groupSignals: { pgid: number; signal: SignalName; result: 'sent' | 'esrch' | 'eperm' }[];
+  processes: ProcessOutcome[];
+  bytesFreed: number;
+  durationMs: number;
+}
+
+export type RecheckResult = AdapterTree | { refused: string; code?: KillSkipCode };
+
+export interface KillTreeDeps {
+  /** Re-collect the project and return the fresh tree with the same top identity, or why not. */
+  recheck: () => RecheckResult;
+  readIdentity?: (pid: number) => LiveIdentity | null;
+  /** Default process.kill. Must throw an error with `code` ESRCH / EPERM like process.kill. */
+  kill?: (pid: number, signal: SignalName) => void;
+  sleep?: (ms: number) => Promise<void>;
+  /** Wait between SIGTERM and SIGKILL. Default 5000 (stepwise's own teardown waits 5 s). */
+  killWaitMs?: number;
+  pollMs?: number;
+  /** How long to wait for processes to vanish after SIGKILL. Default 3000. */
+  confirmWaitMs?: number;
+  /** Aborting cancels the wait and the SIGKILL escalation (nothing more is signalled). */
+  signal?: AbortSignal;
+  /** Live members of a process group, or null when that cannot be read. Default: a /proc scan. */
+  groupMembers?: (pgid: number) => LiveIdentity[] | null;
+  /** Never signalled, not even through a group: the watchdog and its ancestors. Default [own pid, parent pid]. */
+  protectedPids?: number[];
+}
+
+const REAPABLE: ReadonlySet<AdapterVerdict> = new Set(['leaked', 'orphaned']);
+const NEVER: ReadonlySet<AdapterVerdict> = new Set(['foreign', 'in-vm']);
+
+export function isDeadState(state: string): boolean {
+  return state === 'Z' || state === 'X' || state === 'x';
+}
+
+function same(a: ProcessIdentity, b: ProcessIdentity): boolean {
+  return a.pid === b.pid && a.startTicks === b.startTicks;
+}
+
+/**
+ * Is `fresh` the same tree as `planned`? Same top identity (pid + start ticks); or, when the
+ * fresh tree's leader is dead (its identity is then derived from its members), a shared member
+ * identity that still carries the top pid as its group id: a live group id cannot be reused, and
+ * the shared member proves it is the same group.
+ */
+export function sameTree(planned: AdapterTree, fresh: AdapterTree): boolean {
+  if (!planned.top || !fresh.top || planned.topPid !== fresh.topPid) return false;
+  if (same(planned.top, fresh.top)) return true;
+  const freshLeaderAlive = fresh.processes.some((p) => p.pid === fresh.topPid);
+  if (freshLeaderAlive) return false;
+  return fresh.processes.some((p) => p.pgid === fresh.topPid && planned.processes.some((q) => same(p, q)));
+}
+
+/** Live (non-zombie) members of a process group, from one /proc scan; null when /proc cannot be listed. */
+export function liveGroupMembers(pgid: number, procRoot = '/proc'): LiveIdentity[] | null {
+  let names: string[];
+  try {
+    names = readdirSync(procRoot);
+  } catch {
+    return null;
+  }
+  const out: LiveIdentity[] = [];
+  for (const name of names) {
+    const c = name.charCodeAt(0);
+    if (c < 48 || c > 57) continue;
+    let text: string;
+    try {
+      text = readFileSync(`${procRoot}/${name}/stat`, 'utf8');
+    } catch {
+      continue; // vanished meanwhile
+    }
+    const s = parseStat(text);
+    if (!s || s.pgrp !== pgid || isDeadState(s.state)) continue;
+    out.push({ pid: s.pid, startTicks: s.starttime, state: s.state, ppid: s.ppid, pgid: s.pgrp, sid: s.session });
+  }
+  return out;
+}
+
+function errCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | null)?.code;
+}
+
+const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function jobsOf(tree: AdapterTree): { id: string; status: string }[] {
+  return tree.jobs.map((j) => ({ id: j.id, status: j.status }));
+}
+
+function sameJobSet(a: AdapterTree, b: AdapterTree): boolean {
+  const x = new Set(a.jobs.map((j) => j.id));
+  const y = new Set(b.jobs.map((j) => j.id));
+  return x.size === y.size && [...x].every((id) => y.has(id));
+}
+
+/** Why the fresh tree's verdict no longer allows this action, or null. */
+function verdictProblem(action: KillTreeAction, fresh: AdapterTree): string | null {
+  const planned = action.verdict;
+  if (NEVER.has(fresh.verdict)) return `tree ${fresh.topPid} is now ${fresh.verdict}: ${fresh.reason}`;
+  if (action.forced) {
+    // A forced action may target a non-reapable verdict, but only the one that was planned.
+    if (fresh.verdict !== planned && !REAPABLE.has(fresh.verdict)) {
+      return `tree ${fresh.topPid} was ${planned} when planned, now ${fresh.verdict}: ${fresh.reason}`;
+    }
+  } else {
+    if (!REAPABLE.has(fresh.verdict)) return `tree ${fresh.topPid} was ${planned} when planned, now ${fresh.verdict}: ${fresh.reason}`;
+    // A policy selection holds only for the verdict it selects.
+    if (action.selectedBy === 'all-leaked' && fresh.verdict !== 'leaked') return `tree ${fresh.topPid} is now ${fresh.verdict}, not leaked: ${fresh.reason}`;
+    if (action.selectedBy === 'orphans' && fresh.verdict !== 'orphaned') return `tree ${fresh.topPid} is now ${fresh.verdict}, not orphaned: ${fresh.reason}`;
+  }
+  if (!sameJobSet(action.tree, fresh)) {
+    const ids = (t: AdapterTree) => (t.jobs.length ? t.jobs.map((j) => `${j.id}:${j.status}`).join(',') : 'none');
+    return `jobs of tree ${fresh.topPid} changed since the plan (${ids(action.tree)} → ${ids(fresh)})`;
+  }
+  if (fresh.verdict === 'leaked' && !fresh.jobs.every((j) => j.terminal)) {
+    return `a job of tree ${fresh.topPid} is no longer terminal: ${fresh.reason}`;
+  }
+  return null;
+}
+
+/** Why a fresh member must not be signalled at all (the whole action is then skipped), or null. */
+function ownershipProblem(planned: AdapterTree, fresh: AdapterTree, protectedPids: ReadonlySet<number>): string | null {
+  const uids = new Set(planned.processes.map((p) => p.uid));
+  for (const p of fresh.processes) {
+    if (p.pid <= 1 || protectedPids.has(p.pid)) return `tree ${fresh.topPid} now contains protected pid ${p.pid}`;
+    // The planner checked every planned uid; a member that appeared since must run as one of them.
+    if (!uids.has(p.uid)) return `tree ${fresh.topPid}: process ${p.pid} runs as uid ${p.uid ?? 'unknown'}, not as the planned tree`;
+  }
+  return null;
+}
+
+interface Target {
+  proc: TreeProcess;
+  outcome: ProcessOutcome;
+  /** Still to watch: verified, signalled (or to be), not finished. */
+  open: boolean;
+}
+
+export async function killTree(action: KillTreeAction, deps: KillTreeDeps): Promise<KillTreeResult> {
+  const t0 = performance.now();
+  const readIdentity = deps.readIdentity ?? ((pid: number) => readIdentityFromProc(pid));
+  const kill = deps.kill ?? ((pid: number, sig: SignalName) => void process.kill(pid, sig));
+  const sleep = deps.sleep ?? defaultSleep;
+  const killWaitMs = deps.killWaitMs ?? 5000;
+  const pollMs = deps.pollMs ?? 50;
+  const confirmWaitMs = deps.confirmWaitMs ?? 3000;
+  const groupMembers = deps.groupMembers ?? ((pgid: number) => liveGroupMembers(pgid));
+  const protectedPids = new Set(deps.protectedPids ?? [process.pid, process.ppid]);
+  const planned = action.tree;
+
+  const base = {
+    kind: 'kill-tree' as const,
+    project: action.project,
+    topPid: planned.topPid,
+    startTicks: planned.top?.startTicks ?? null,
+    verdict: action.verdict,
+    reason: action.reason,
+    selectedBy: action.selectedBy,
+    forced: action.forced,
+    tree: planned,
+  };
+  const finish = (r: Omit<KillTreeResult, keyof typeof base | 'durationMs' | 'bytesFreed'>): KillTreeResult => ({
+    ...base,
+    ...r,
+    bytesFreed: r.processes.reduce((s, p) => s + p.bytesFreed, 0),
+    durationMs: Math.round(performance.now() - t0),
+  });
+  const skipped = (code: KillSkipCode, detail: string, freshVerdict: AdapterVerdict | null, jobs = jobsOf(planned)): KillTreeResult =>
+    finish({ outcome: 'skipped', code, detail, freshVerdict, jobs, groupSignals: [], processes: [] });
+
+  if (deps.signal?.aborted) return skipped('aborted', 'aborted before re-verification: nothing signalled', null);
+
+  // ── 1. re-verification ────────────────────────────────────────────────────────────────────
+  let fresh: RecheckResult;
+  try {
+    fresh = deps.recheck();
+  } catch (err) {
+    // A bug in the caller's re-collection: no evidence, no signal.
+    return skipped('source_down', `re-verification failed (${(err as Error).message}): nothing signalled`, null);
+  }
+  if ('refused' in fresh) {
+    // The tree may simply be gone already (reaped by another executor, or exited on its own):
+    // that is success, not a failure. Only when every planned process is gone (or a zombie, or
+    // its pid now names another process) — nothing is signalled here in any case.
+    const states = planned.processes.map((p) => ({ p, now: readIdentity(p.pid) }));
+    const allGone = states.length > 0 && states.every(({ p, now }) => now === null || now.startTicks !== p.startTicks || isDeadState(now.state));
+    if (allGone) {
+      return finish({
+        outcome: 'ok',
+        detail: `already gone before re-verification (${fresh.refused})`,
+        freshVerdict: null,
+        jobs: jobsOf(planned),
+        groupSignals: [],
+        processes: states.map(({ p }) => ({ pid: p.pid, startTicks: p.startTicks, argv: p.argv, signals: [], result: 'gone', bytesFreed: 0, note: 'already gone' })),
+      });
+    }
+    return skipped(fresh.code ?? 'identity_changed', fresh.refused, null);
+  }
+  if (!sameTree(planned, fresh)) {
+    return skipped('identity_changed', `tree ${planned.topPid}: top identity changed (start ticks ${planned.top?.startTicks ?? '?'} → ${fresh.top?.startTicks ?? '?'}): not the planned process`, fresh.verdict, jobsOf(fresh));
+  }
+  const vp = verdictProblem(action, fresh);
+  if (vp) return skipped('verdict_changed', vp, fresh.verdict, jobsOf(fresh));
+  const op = ownershipProblem(planned, fresh, protectedPids);
+  if (op) return skipped('ownership_changed', op, fresh.verdict, jobsOf(fresh));
+
+  const targets: Target[] = [];
+  const outcomes: ProcessOutcome[] = [];
+  const outcome = (p: TreeProcess, result: ProcessResult, note?: string): ProcessOutcome => ({
+    pid: p.pid,
+    startTicks: p.startTicks,
+    argv: p.argv,
+    signals: [],
+    result,
+    bytesFreed: 0,
+    ...(note ? { note } : {}),
+  });
+  for (const p of fresh.processes) {
+    const now = readIdentity(p.pid);
+    if (now === null || isDeadState(now.state)) {
+      // Exited on its own since the re-collection: fine, nothing to signal.
+      outcomes.push(outcome(p, 'gone', 'exited before any signal'));
+    } else if (now.startTicks !== p.startTicks) {
+      // Its pid now names another process: the original is gone and the new one is not ours.
+      outcomes.push(outcome(p, 'skipped-identity-changed', `pid ${p.pid} now names another process (start ticks ${now.startTicks}): not signalled`));
+    } else {
+      const o = outcome(p, 'still-alive');
+      outcomes.push(o);
+      targets.push({ proc: p, outcome: o, open: true });
+    }
+  }
+  // Planned members the fresh tree no longer holds: gone is fine; alive means it left the tree
+  // (e.g. a setsid'd process whose parent died) and is no longer provably ours — not signalled.
+  for (const p of planned.processes) {
+    if (fresh.processes.some((q) => q.pid === p.pid)) continue;
+    const now = readIdentity(p.pid);
+    if (now === null || now.startTicks !== p.startTicks || isDeadState(now.state)) outcomes.push(outcome(p, 'gone', 'exited since the plan'));
+    else outcomes.push(outcome(p, 'still-alive', 'no longer part of the tree at re-verification: not signalled'));
+  }
+
+  const groupSignals: KillTreeResult['groupSignals'] = [];
+
+  /** Re-read a target; close it when gone (or reused). Its live identity while it is the same process. */
+  const current = (t: Target): LiveIdentity | null => {
+    if (!t.open) return null;
+    const now = readIdentity(t.proc.pid);
+    if (now === null || isDeadState(now.state)) {
+      t.open = false;
+      t.outcome.result = 'gone';
+      return null;
+    }
+    if (now.startTicks !== t.proc.startTicks) {
+      // The original exited and its pid was reused: the original is gone; the new one is not ours.
+      t.open = false;
+      t.outcome.result = t.outcome.signals.length > 0 ? 'gone' : 'skipped-identity-changed';
+      if (t.outcome.signals.length === 0) t.outcome.note = `pid ${t.proc.pid} now names another process: not signalled`;
+      return null;
+    }
+    return now;
+  };
+
+  const signalAll = (sig: SignalName): void => {
+    const pgid = fresh.topPid;
+    // Re-verify right before the group signal: which verified members are alive in the tree's group now.
+    const inGroup: Target[] = [];
+    for (const t of targets) if (current(t)?.pgid === pgid) inGroup.push(t);
+    const covered = new Set<Target>();
+    if (inGroup.length > 0) {
+      // The group is the tree's own (its id is the top pid, and a verified member of ours carries
+      // it: a live group id cannot be reused by another process). Its members are all descendants
+      // of our session leader. Still, never send a group signal that would reach a protected process.
+      const members = groupMembers(pgid);
+      const blocked = members === null ? 'its members could not be listed' : members.some((m) => m.pid <= 1 || protectedPids.has(m.pid)) ? 'it holds a protected process' : null;
+      if (blocked === null) {
+        try {
+          kill(-pgid, sig);
+          groupSignals.push({ pgid, signal: sig, result: 'sent' });
+          for (const t of inGroup) {
+            t.outcome.signals.push({ signal: sig, via: 'group' });
+            covered.add(t);
+          }
+        } catch (err) {
+          const code = errCode(err);
+          // ESRCH: the group emptied meanwhile (its members are gone: the checks below see it).
+          // EPERM (or anything else): fall back to individual signals, each judged on its own.
+          groupSignals.push({ pgid, signal: sig, result: code === 'ESRCH' ? 'esrch' : 'eperm' });
+          if (code === 'ESRCH') for (const t of inGroup) covered.add(t);
+        }
+      } else {
+        // Fallback: no group signal; every verified member is signalled individually below.
+        for (const t of inGroup) t.outcome.note ??= `group ${pgid} not signalled (${blocked}): signalled individually`;
+      }
+    }
+    // Individually: members outside the group (setsid'd descendants escape group kills), and all
+    // members when the group signal was not sent. Each identity re-read right before its signal.
+    for (const t of targets) {
+      if (covered.has(t) || current(t) === null) continue;
+      try {
+        kill(t.proc.pid, sig);
+        t.outcome.signals.push({ signal: sig, via: 'process' });
+      } catch (err) {
+        const code = errCode(err);
+        if (code === 'ESRCH') {
+          t.open = false; // gone between the read and the signal: success
+          t.outcome.result = 'gone';
+        } else {
+          // EPERM: reported once, never retried (not even with SIGKILL).
+          t.open = false;
+          t.outcome.result = 'eperm';
+          t.outcome.note = `${sig}: ${code ?? (err as Error).message}`;
+        }
+      }
+    }
+  };
+
+  /** Poll until every open target is gone, the time is up, or the signal aborts. True when all gone. */
+  const waitGone = async (ms: number, abortable: boolean): Promise<boolean> => {
+    const deadline = performance.now() + ms;
+    for (;;) {
+      for (const t of targets) current(t);
+      if (!targets.some((t) => t.open)) return true;
+      if (abortable && deps.signal?.aborted) return false;
+      if (performance.now() >= deadline) return false;
+      await sleep(Math.min(pollMs, Math.max(1, deadline - performance.now())));
+    }
+  };
+
+  // ── 2. SIGTERM ────────────────────────────────────────────────────────────────────────────
+  let aborted = false;
+  if (targets.length > 0) {
+    signalAll('SIGTERM');
+    // ── 3. wait, then SIGKILL what remains ──────────────────────────────────────────────────
+    const allGone = await waitGone(killWaitMs, true);
+    if (!allGone && deps.signal?.aborted) {
+      // Cancelled: the escalation is dropped, nothing more is signalled.
+      aborted = true;
+      for (const t of targets) if (t.open) t.outcome.note = 'aborted before SIGKILL';
+    } else if (!allGone) {
+      signalAll('SIGKILL');
+      await waitGone(confirmWaitMs, false);
+    }
+  }
+  for (const t of targets) {
+    if (t.open) t.outcome.result = 'still-alive';
+    // Memory is freed when a process we signalled is gone (a zombie has freed it too).
+    if (t.outcome.result === 'gone' && t.outcome.signals.length > 0) t.outcome.bytesFreed = t.proc.rssBytes + t.proc.swapBytes;
+  }
+
+  // ── 4. report ─────────────────────────────────────────────────────────────────────────────
+  const alive = outcomes.filter((o) => o.result === 'still-alive');
+  const eperm = outcomes.filter((o) => o.result === 'eperm');
+  const gone = outcomes.filter((o) => o.result === 'gone');
+  const signalled = outcomes.some((o) => o.signals.some((s) => s.signal === 'SIGKILL')) ? 'SIGTERM, then SIGKILL' : 'SIGTERM';
+  const failed = alive.length > 0 || eperm.length > 0;
+  let detail: string;
+  let code: KillTreeResult['code'];
+  if (!failed) {
+    detail = targets.length === 0 ? `all ${outcomes.length} process(es) already gone` : `${gone.length} process(es) gone (${signalled})`;
+  } else {
+    const parts: string[] = [];
+    if (alive.length) parts.push(`${alive.length} still alive (pid ${alive.map((o) => o.pid).join(', ')})`);
+    if (eperm.length) parts.push(`${eperm.length} not permitted (pid ${eperm.map((o) => o.pid).join(', ')})`);
+    detail = `${parts.join('; ')}${aborted ? ': aborted before SIGKILL' : ''}`;
+    code = aborted ? 'aborted' : eperm.length > 0 ? 'eperm' : 'still_alive';
+  }
+  return finish({
+    outcome: failed ? 'failed' : 'ok',
+    ...(code ? { code } : {}),
+    detail,
+    freshVerdict: fresh.verdict,
+    jobs: jobsOf(fresh),
+    groupSignals,
+    processes: outcomes,
+  });
+}
