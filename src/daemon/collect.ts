@@ -10,7 +10,7 @@ import type { Policy, ProjectInventory, SourceHealth } from '../core/types.js';
 import { readPidFiles } from '../sources/pid-files.js';
 import { ArgvCache, readCwd, readProcessTable } from '../sources/processes.js';
 import { projectPaths, readServerPidFile, resolvePidsDir, type ProjectPaths } from '../sources/project.js';
-import { StoreReader } from '../sources/store.js';
+import { StoreReader, type StoreReaderOptions } from '../sources/store.js';
 
 export interface ProjectSessionOptions {
   root: string;
@@ -20,6 +20,8 @@ export interface ProjectSessionOptions {
   env?: NodeJS.ProcessEnv;
   storeBusyMs?: number;
   policy: Policy;
+  /** Store reader tuning (tests, benchmarks): how long finished runs stay tracked, resync period. */
+  storeOptions?: Partial<Pick<StoreReaderOptions, 'retainFinishedMs' | 'resyncIntervalMs'>>;
 }
 
 export class ProjectSession {
@@ -36,7 +38,7 @@ export class ProjectSession {
   constructor(readonly options: ProjectSessionOptions) {
     this.paths = projectPaths(options.root, { db: options.db ?? null, pidsDir: options.pidsDir ?? null, env: options.env ?? {} });
     this.procRoot = options.procRoot ?? '/proc';
-    this.store = new StoreReader({ dbPath: this.paths.dbPath, busyTimeoutMs: options.storeBusyMs ?? 2000 });
+    this.store = new StoreReader({ ...options.storeOptions, dbPath: this.paths.dbPath, busyTimeoutMs: options.storeBusyMs ?? 2000 });
   }
 
   get root(): string {

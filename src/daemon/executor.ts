@@ -1,0 +1,67 @@
+// The daemon's and the API's way to carry out plans: effects/execute.ts with the daemon's audit
+// log, and the API's explicit reap under the same lock as cycles.
+
+import type { Logger } from 'pino';
+import { plan, type PlanContext, type Selection } from '../core/plan.js';
+import type { Policy } from '../core/types.js';
+import { AuditLog, defaultAuditLogPath } from '../effects/audit-log.js';
+import { executePlan, summarise, type Actor } from '../effects/execute.js';
+import type { ApiReapRequest } from '../http/app.js';
+import { planDocument, resultsDocument } from '../effects/report.js';
+import type { ProjectSession } from './collect.js';
+import type { ExecutionSummary, PlanExecutor, Watchdog } from './watchdog.js';
+
+export function createExecutor(opts: { auditLog: string | null; killWaitSeconds: number; logger: Logger; planContext: PlanContext; gc: boolean }): PlanExecutor & { audit: AuditLog } {
+  const audit = new AuditLog(opts.auditLog ?? defaultAuditLogPath());
+  return {
+    audit,
+    async execute(p, session, { actor, signal }) {
+      const report = await executePlan(p, {
+        session,
+        actor: actor as Actor,
+        audit,
+        killWaitMs: opts.killWaitSeconds * 1000,
+        gc: opts.gc,
+        planContext: opts.planContext,
+        ...(signal ? { signal } : {}),
+      });
+      if (report.auditError) {
+        // No action without an audit trail: nothing (more) was done; say so every time.
+        opts.logger.error({ project: p.project, auditLog: audit.path, error: report.auditError, notCarriedOut: report.notCarriedOut }, 'audit log unwritable: not reaping');
+      }
+      const s = summarise(report.results);
+      const summary: ExecutionSummary = { reaped: s.reaped, pidFilesRemoved: s.pidFilesRemoved, raw: report, auditError: report.auditError };
+      return summary;
+    },
+  };
+}
+
+/** POST /api/reap: the CLI's selection and refusals, carried out by the daemon (actor "api"). */
+export async function explicitReap(
+  req: ApiReapRequest,
+  deps: { watchdog: Watchdog; sessions: ProjectSession[]; policy: Policy; planContext: PlanContext; executor: PlanExecutor },
+): Promise<{ status: number; body: unknown }> {
+  let session: ProjectSession | undefined;
+  if (req.project === null) {
+    if (deps.sessions.length !== 1) {
+      return { status: 400, body: { error: `project: required when watching several projects (${deps.sessions.map((s) => s.root).join(', ')})` } };
+    }
+    session = deps.sessions[0];
+  } else {
+    session = deps.sessions.find((s) => s.root === req.project);
+    if (!session) return { status: 404, body: { error: `project: not watched by this daemon: ${req.project}` } };
+  }
+  const s = session!;
+  const selection: Selection = { allLeaked: req.allLeaked, orphans: req.orphans, jobs: req.jobs, pids: req.pids, force: req.force, gc: false };
+  return deps.watchdog.exclusive(async () => {
+    const inv = s.collect();
+    const p = plan(inv, deps.policy, selection, deps.planContext);
+    if (req.dryRun) return { status: 200, body: { dryRun: true, plan: planDocument(p) } };
+    const summary = await deps.executor.execute(p, s, { actor: 'api' });
+    deps.watchdog.publish(s.root, summary);
+    const report = summary.raw as Awaited<ReturnType<typeof executePlan>>;
+    if (summary.auditError) return { status: 503, body: { error: `not carried out: ${summary.auditError}`, plan: planDocument(p) } };
+    deps.watchdog.poke('api-reap');
+    return { status: 200, body: { dryRun: false, plan: planDocument(p), results: resultsDocument(report.results) } };
+  });
+}

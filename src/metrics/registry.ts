@@ -1,0 +1,205 @@
+// Prometheus metrics. Gauges are a projection of the last inventory, built at scrape time in
+// collect() (never updated on timers); counters count what effects did. Labels have bounded
+// values only: project (one per configured project), verdict, kind, source, result, reason code,
+// process (one per --watch-process) — never a pid or a job id.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { REFUSAL_CODES } from '../core/plan.js';
+import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, type ProjectInventory } from '../core/types.js';
+
+export const PREFIX = 'stepwise_watchdog_';
+export const SOURCES = ['store', 'processes', 'pidfiles', 'server'] as const;
+
+export interface ProcessMemory {
+  /** Configured project root, or "" for a --watch-process entry. */
+  project: string;
+  /** "stepwise-server", or the --watch-process NAME. */
+  process: string;
+  up: boolean;
+  rssBytes: number;
+  swapBytes: number;
+  growthBytesPerHour: number;
+}
+
+export interface MetricsSource {
+  /** The last inventory of each configured project (missing before the first cycle). */
+  inventories(): ProjectInventory[];
+  /** Memory of the server of each project and of every --watch-process. */
+  processMemory(): ProcessMemory[];
+}
+
+export interface ReapCounts {
+  project: string;
+  verdict: string;
+  result: 'ok' | 'failed';
+  bytes: number;
+}
+
+export class WatchdogMetrics {
+  readonly registry = new Registry();
+  private readonly reaped: Counter<'project' | 'verdict' | 'result'>;
+  private readonly reapedBytes: Counter<'project'>;
+  private readonly pidfilesRemoved: Counter<'project'>;
+  private readonly refusals: Counter<'project' | 'reason'>;
+  private readonly cycleDuration: Histogram<string>;
+  private readonly lastCycle: Gauge<string>;
+
+  constructor(source: MetricsSource, opts: { defaultMetrics?: boolean; projects?: string[] } = {}) {
+    const r = this.registry;
+    const inventories = () => source.inventories();
+
+    new Gauge({
+      name: `${PREFIX}adapters`,
+      help: 'Adapter process trees by verdict (0 for verdicts with none).',
+      labelNames: ['project', 'verdict'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          for (const v of ADAPTER_VERDICTS) this.set({ project: inv.root, verdict: v }, inv.adapters.filter((a) => a.verdict === v).length);
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}adapter_memory_bytes`,
+      help: 'Memory of adapter trees by verdict; kind rss or swap (leaked adapters get swapped out: RSS alone hides them).',
+      labelNames: ['project', 'verdict', 'kind'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          for (const v of ADAPTER_VERDICTS) {
+            const trees = inv.adapters.filter((a) => a.verdict === v);
+            this.set({ project: inv.root, verdict: v, kind: 'rss' }, trees.reduce((s, a) => s + a.rssBytes, 0));
+            this.set({ project: inv.root, verdict: v, kind: 'swap' }, trees.reduce((s, a) => s + a.swapBytes, 0));
+          }
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}pidfiles`,
+      help: 'Pid files in the pids folder by verdict.',
+      labelNames: ['project', 'verdict'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          for (const v of PIDFILE_VERDICTS) this.set({ project: inv.root, verdict: v }, inv.pidFiles.filter((f) => f.verdict === v).length);
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}stale_running_runs`,
+      help: 'Step runs still running under a terminal job.',
+      labelNames: ['project'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) this.set({ project: inv.root }, inv.staleRunningRuns.length);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}source_up`,
+      help: 'Whether a source was read in the last cycle (store down means no reaping).',
+      labelNames: ['project', 'source'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          for (const s of SOURCES) this.set({ project: inv.root, source: s }, inv.sources[s]?.ok === false ? 0 : inv.sources[s] ? 1 : 0);
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}server_up`,
+      help: "Whether the project's stepwise server is alive (verified pid and start time).",
+      labelNames: ['project'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) this.set({ project: inv.root }, inv.server.alive ? 1 : 0);
+      },
+    });
+    const memory = () => source.processMemory();
+    new Gauge({
+      name: `${PREFIX}server_memory_bytes`,
+      help: 'Memory of the stepwise server (process="stepwise-server") and of --watch-process processes (project=""); kind rss or swap.',
+      labelNames: ['project', 'process', 'kind'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const m of memory()) {
+          if (!m.up) continue;
+          this.set({ project: m.project, process: m.process, kind: 'rss' }, m.rssBytes);
+          this.set({ project: m.project, process: m.process, kind: 'swap' }, m.swapBytes);
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}server_memory_growth_bytes_per_hour`,
+      help: 'Least-squares slope of RSS+swap over the sliding window: a long-lived server that leaks by itself.',
+      labelNames: ['project', 'process'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const m of memory()) if (m.up) this.set({ project: m.project, process: m.process }, m.growthBytesPerHour);
+      },
+    });
+
+    this.reaped = new Counter({
+      name: `${PREFIX}reaped_total`,
+      help: 'Adapter trees reaped, by the verdict they had and the result (ok, failed).',
+      labelNames: ['project', 'verdict', 'result'],
+      registers: [r],
+    });
+    this.reapedBytes = new Counter({ name: `${PREFIX}reaped_bytes_total`, help: 'Memory (RSS+swap) freed by reaping.', labelNames: ['project'], registers: [r] });
+    this.pidfilesRemoved = new Counter({ name: `${PREFIX}pidfiles_removed_total`, help: 'Stale pid files removed.', labelNames: ['project'], registers: [r] });
+    this.refusals = new Counter({
+      name: `${PREFIX}refusals_total`,
+      help: `Reaps refused or held back, by reason code (${REFUSAL_CODES.filter((c) => c !== 'grace').join(', ')}, identity_changed); waiting out a grace is not counted.`,
+      labelNames: ['project', 'reason'],
+      registers: [r],
+    });
+    this.cycleDuration = new Histogram({
+      name: `${PREFIX}cycle_duration_seconds`,
+      help: 'Duration of a watchdog cycle (read, classify, plan, act).',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [r],
+    });
+    this.lastCycle = new Gauge({ name: `${PREFIX}last_cycle_timestamp_seconds`, help: 'When the last cycle finished (epoch seconds).', registers: [r] });
+
+    // Counters start at 0 for every configured project, so rate() and alerts see a series.
+    for (const project of opts.projects ?? []) {
+      for (const v of ['leaked', 'orphaned'] as const) for (const result of ['ok', 'failed'] as const) this.reaped.inc({ project, verdict: v, result }, 0);
+      this.reapedBytes.inc({ project }, 0);
+      this.pidfilesRemoved.inc({ project }, 0);
+    }
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: PREFIX });
+  }
+
+  recordReap(c: ReapCounts): void {
+    this.reaped.inc({ project: c.project, verdict: c.verdict, result: c.result });
+    if (c.result === 'ok' && c.bytes > 0) this.reapedBytes.inc({ project: c.project }, c.bytes);
+  }
+
+  recordPidFileRemoved(project: string): void {
+    this.pidfilesRemoved.inc({ project });
+  }
+
+  recordRefusal(project: string, reason: string): void {
+    this.refusals.inc({ project, reason });
+  }
+
+  recordCycle(durationSeconds: number, endEpochSeconds: number): void {
+    this.cycleDuration.observe(durationSeconds);
+    this.lastCycle.set(endEpochSeconds);
+  }
+
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

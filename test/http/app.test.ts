@@ -1,0 +1,193 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { FastifyInstance } from 'fastify';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { ProjectInventory } from '../../src/core/types.js';
+import { buildServer, type ApiReapRequest, type AppDeps } from '../../src/http/app.js';
+import { WatchdogMetrics } from '../../src/metrics/registry.js';
+import { fixtureInventory } from '../helpers/leak-fixture.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const GOLDEN = path.join(here, '../fixtures/metrics.golden.prom');
+const TOKEN = 'a-long-enough-test-token-0123456789';
+
+let inv: ProjectInventory;
+beforeAll(() => {
+  inv = fixtureInventory(120);
+});
+
+function metricsFor(inventories: ProjectInventory[]) {
+  return new WatchdogMetrics(
+    {
+      inventories: () => inventories,
+      processMemory: () => [
+        { project: '/tmp/stepwise-project', process: 'stepwise-server', up: true, rssBytes: 200 * 1048576, swapBytes: 0, growthBytesPerHour: 12 * 1048576 },
+        { project: '', process: 'gateway', up: true, rssBytes: 50 * 1048576, swapBytes: 1048576, growthBytesPerHour: 0 },
+      ],
+    },
+    { defaultMetrics: false, projects: ['/tmp/stepwise-project'] },
+  );
+}
+
+let app: FastifyInstance | null = null;
+afterEach(async () => {
+  await app?.close();
+  app = null;
+});
+
+async function makeApp(over: Partial<AppDeps> = {}) {
+  const calls = { pokes: 0, reaps: [] as ApiReapRequest[] };
+  app = await buildServer({
+    metrics: metricsFor([inv]),
+    inventories: () => [inv],
+    cycleStatus: () => ({ ok: true, at: inv.now, problems: [] }),
+    poke: () => void calls.pokes++,
+    reap: async (req) => {
+      calls.reaps.push(req);
+      return { status: 200, body: { dryRun: req.dryRun, actions: [] } };
+    },
+    token: TOKEN,
+    readyMaxAgeSeconds: 60,
+    now: () => inv.now + 1,
+    ...over,
+  });
+  return calls;
+}
+
+describe('/metrics', () => {
+  it('matches the golden file for the fixture inventory', async () => {
+    const text = await metricsFor([inv]).metrics();
+    if (process.env.UPDATE_GOLDEN === '1') fs.writeFileSync(GOLDEN, text);
+    expect(text).toBe(fs.readFileSync(GOLDEN, 'utf8'));
+  });
+
+  it('is served with the Prometheus content type', async () => {
+    await makeApp();
+    const res = await app!.inject({ method: 'GET', url: '/metrics' });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
+    expect(res.body).toContain('stepwise_watchdog_adapters{project="/tmp/stepwise-project",verdict="leaked"} 3');
+  });
+
+  it('has no pid or job id in any label', async () => {
+    const text = await metricsFor([inv]).metrics();
+    expect(text).not.toMatch(/job-[0-9a-f]{8}/);
+    for (const a of inv.adapters) expect(text).not.toContain(`"${a.topPid}"`);
+  });
+});
+
+describe('health and inventory', () => {
+  it('/healthz is up', async () => {
+    await makeApp();
+    expect((await app!.inject('/healthz')).json()).toEqual({ status: 'ok' });
+  });
+
+  it('/readyz is 200 after a good recent cycle, 503 naming the failing source otherwise', async () => {
+    await makeApp();
+    expect((await app!.inject('/readyz')).statusCode).toBe(200);
+    await app!.close();
+    await makeApp({ cycleStatus: () => ({ ok: false, at: inv.now, problems: ['/p: store down: database locked for more than 2000 ms'] }) });
+    const down = await app!.inject('/readyz');
+    expect(down.statusCode).toBe(503);
+    expect(down.json().reason).toBe('/p: store down: database locked for more than 2000 ms');
+    await app!.close();
+    await makeApp({ cycleStatus: () => ({ ok: true, at: inv.now - 600, problems: [] }) });
+    expect((await app!.inject('/readyz')).json().reason).toMatch(/last cycle finished \d+s ago/);
+    await app!.close();
+    await makeApp({ cycleStatus: () => ({ ok: false, at: null, problems: [] }) });
+    expect((await app!.inject('/readyz')).statusCode).toBe(503);
+  });
+
+  it('/api/inventory is the status --json document, foreign trees only with ?all=1', async () => {
+    await makeApp();
+    const doc = (await app!.inject('/api/inventory')).json();
+    expect(doc.projects[0].adapters.map((a: { verdict: string }) => a.verdict)).not.toContain('foreign');
+    const all = (await app!.inject('/api/inventory?all=1')).json();
+    expect(all.projects[0].adapters.map((a: { verdict: string }) => a.verdict)).toContain('foreign');
+  });
+
+  it('unknown routes get a JSON 404', async () => {
+    await makeApp();
+    const res = await app!.inject('/nope');
+    expect(res.statusCode).toBe(404);
+    expect(res.json().error).toMatch(/no route GET \/nope/);
+  });
+});
+
+describe('POST /api/poke', () => {
+  it('schedules a cycle and has no other effect', async () => {
+    const calls = await makeApp();
+    const res = await app!.inject({ method: 'POST', url: '/api/poke' });
+    expect(res.statusCode).toBe(202);
+    expect(calls.pokes).toBe(1);
+    expect(calls.reaps).toEqual([]);
+  });
+
+  it('is rate limited', async () => {
+    const calls = await makeApp({ pokeRatePerSecond: 3 });
+    const codes: number[] = [];
+    for (let i = 0; i < 6; i++) codes.push((await app!.inject({ method: 'POST', url: '/api/poke' })).statusCode);
+    expect(codes.filter((c) => c === 202)).toHaveLength(3);
+    expect(codes.filter((c) => c === 429)).toHaveLength(3);
+    expect(calls.pokes).toBe(3);
+  });
+});
+
+describe('POST /api/reap', () => {
+  const post = (body: unknown, auth: string | null = `Bearer ${TOKEN}`, raw = false) =>
+    app!.inject({
+      method: 'POST',
+      url: '/api/reap',
+      headers: { ...(auth ? { authorization: auth } : {}), 'content-type': 'application/json' },
+      payload: raw ? (body as string) : JSON.stringify(body),
+    });
+
+  it('is disabled without a token', async () => {
+    const calls = await makeApp({ token: null });
+    const res = await post({ allLeaked: true });
+    expect(res.statusCode).toBe(403);
+    expect(res.json().error).toMatch(/--token-file/);
+    expect(calls.reaps).toEqual([]);
+  });
+
+  it('refuses a missing or wrong token', async () => {
+    const calls = await makeApp();
+    expect((await post({ allLeaked: true }, null)).statusCode).toBe(401);
+    expect((await post({ allLeaked: true }, 'Bearer wrong')).statusCode).toBe(403);
+    expect((await post({ allLeaked: true }, `Basic ${TOKEN}`)).statusCode).toBe(401);
+    expect(calls.reaps).toEqual([]);
+  });
+
+  it('names the problem in a bad body', async () => {
+    const calls = await makeApp();
+    expect((await post({ pids: ['12'] })).json().error).toMatch(/^pids\.0: /);
+    expect((await post({ pids: [1] })).json().error).toMatch(/^pids\.0: /);
+    expect((await post({ allLeaked: 'yes' })).json().error).toMatch(/^allLeaked: /);
+    expect((await post({ rm: '-rf' })).json().error).toBe('body: unknown field(s) rm');
+    expect((await post({})).json().error).toMatch(/nothing selected/);
+    const broken = await post('{"allLeaked":', `Bearer ${TOKEN}`, true);
+    expect(broken.statusCode).toBe(400);
+    expect(broken.json().error).toBeTruthy();
+    expect(calls.reaps).toEqual([]);
+  });
+
+  it('passes a valid selection through', async () => {
+    const calls = await makeApp();
+    const res = await post({ jobs: ['job-eb3d1747'], dryRun: true });
+    expect(res.statusCode).toBe(200);
+    expect(calls.reaps).toEqual([{ project: null, allLeaked: false, orphans: false, jobs: ['job-eb3d1747'], pids: [], force: false, dryRun: true }]);
+  });
+
+  it('a failure inside the reap handler is a 500 with a JSON error, and the app keeps serving', async () => {
+    await makeApp({
+      reap: async () => {
+        throw new Error('boom');
+      },
+    });
+    const res = await post({ allLeaked: true });
+    expect(res.statusCode).toBe(500);
+    expect(res.json()).toEqual({ error: 'internal error' });
+    expect((await app!.inject('/healthz')).statusCode).toBe(200);
+  });
+});
