@@ -1,0 +1,120 @@
+// `guard install|uninstall|status [--python PATH]`: the in-process release guard.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import {
+  GuardError,
+  findPython,
+  guardFilesState,
+  inspectPython,
+  installGuard,
+  readGuardMarker,
+  uninstallGuard,
+  type PythonEnv,
+} from '../../guard/python-env.js';
+import { readCwd, readIdentity } from '../../sources/processes.js';
+import { findProjectRoot, readServerPidFile } from '../../sources/project.js';
+import { EXIT, UserError, type CliIO } from '../io.js';
+
+/** The live server of the project found from the cwd or --project, if any: its argv and cwd. */
+export function liveServer(opts: Record<string, unknown>, io: CliIO): { pid: number; argv: string[]; cwd: string | null; root: string } | null {
+  let root: string;
+  try {
+    const given = (opts.project as string[] | undefined)?.[0];
+    root = given ? path.resolve(given) : findProjectRoot(io.cwd);
+  } catch {
+    return null;
+  }
+  const { pidFile } = readServerPidFile(path.join(root, '.stepwise', 'server.pid'));
+  if (!pidFile || !readIdentity(pidFile.pid)) return null;
+  let argv: string[] = [];
+  try {
+    argv = readFileSync(`/proc/${pidFile.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  } catch {
+    // gone meanwhile
+  }
+  return { pid: pidFile.pid, argv, cwd: readCwd(pidFile.pid), root };
+}
+
+export interface GuardStatus {
+  python: string;
+  how: string;
+  pythonVersion: string;
+  sitePackages: string;
+  module: string;
+  pth: string;
+  installed: boolean;
+  loadedInServer: { serverPid: number | null; marker: string | null; active: boolean | null; pid: number | null; reason: string | null; stepwiseVersion: string | null } | null;
+}
+
+export function guardStatus(env: PythonEnv, server: ReturnType<typeof liveServer>): GuardStatus {
+  const files = guardFilesState(env);
+  let loaded: GuardStatus['loadedInServer'] = null;
+  if (server) {
+    const dirs = [...new Set([server.cwd ? path.join(server.cwd, '.stepwise') : null, path.join(server.root, '.stepwise')].filter((d): d is string => d !== null))];
+    const found = readGuardMarker(dirs);
+    const m = found?.marker;
+    loaded = {
+      serverPid: server.pid,
+      marker: found?.file ?? null,
+      // The marker counts only when it was written by the running server.
+      active: m ? m.pid === server.pid && m.active === true : false,
+      pid: typeof m?.pid === 'number' ? m.pid : null,
+      reason: m?.reason ?? (m ? null : 'no marker: the guard has not loaded in this server (restart it after installing)'),
+      stepwiseVersion: m?.stepwise_version ?? null,
+    };
+  }
+  return {
+    python: env.python,
+    how: env.how,
+    pythonVersion: env.version,
+    sitePackages: env.sitePackages,
+    module: files.module,
+    pth: files.pth,
+    installed: files.module === 'current' && files.pth === 'current',
+    loadedInServer: loaded,
+  };
+}
+
+export function resolveEnv(opts: Record<string, unknown>, io: CliIO): { env: PythonEnv; server: ReturnType<typeof liveServer> } {
+  const server = liveServer(opts, io);
+  try {
+    const choice = findPython({ python: (opts.python as string | undefined) ?? null, env: io.env, serverArgv: server?.argv ?? null });
+    return { env: inspectPython(choice), server };
+  } catch (err) {
+    if (err instanceof GuardError) throw new UserError(err.message, EXIT.usage);
+    throw err;
+  }
+}
+
+export default async function guard(opts: Record<string, unknown>, io: CliIO, args: string[]): Promise<number> {
+  const { env, server } = resolveEnv(opts, io);
+  const sub = args[0];
+  try {
+    if (sub === 'install') {
+      const files = installGuard(env);
+      io.stdout(`installed the release guard for ${env.python} (Python ${env.version}, found from ${env.how}):\n${files.map((f) => `  ${f}\n`).join('')}`);
+      io.stdout('restart the stepwise server to load it; `stepwise-watchdog guard status` then shows it active\n');
+      return EXIT.ok;
+    }
+    if (sub === 'uninstall') {
+      const removed = uninstallGuard(env);
+      io.stdout(removed.length ? `removed:\n${removed.map((f) => `  ${f}\n`).join('')}` : `the guard was not installed in ${env.sitePackages}\n`);
+      if (guardFilesState(env).pth === 'other') io.stdout(`left ${path.join(env.sitePackages, 'stepwise_release_guard.pth')} alone: it is not ours\n`);
+      return EXIT.ok;
+    }
+  } catch (err) {
+    if (err instanceof GuardError) throw new UserError(err.message, EXIT.failed);
+    throw err;
+  }
+  const status = guardStatus(env, server);
+  if (opts.json) io.stdout(`${JSON.stringify(status, null, 2)}\n`);
+  else {
+    io.stdout(`python        ${status.python} (Python ${status.pythonVersion}, from ${status.how})\n`);
+    io.stdout(`site-packages ${status.sitePackages}\n`);
+    io.stdout(`installed     ${status.installed ? 'yes' : 'no'} (module ${status.module}, .pth ${status.pth})\n`);
+    const l = status.loadedInServer;
+    if (!l) io.stdout('server        none running: cannot tell whether the guard is loaded\n');
+    else io.stdout(`in server     ${l.active ? `active in pid ${l.serverPid}` : `not active in pid ${l.serverPid}`}${l.reason ? ` (${l.reason})` : ''}\n`);
+  }
+  return EXIT.ok;
+}
