@@ -70,9 +70,16 @@ export class ProjectSession {
       if (p) p.cwd = readCwd(serverPid, this.procRoot);
     }
     const server = resolveServer(serverFile.pidFile, serverFile.problem, table, policy.clockToleranceSeconds);
+    // A missing server.pid is a stopped server, not a fault. An unreadable one, or a live
+    // server whose cwd cannot be read (the pids folder is relative to it), is said, not guessed.
+    let serverError: string | null = null;
+    if (serverFile.pidFile === null && !/no server\.pid/.test(serverFile.problem ?? '')) serverError = `server down: ${serverFile.problem}`;
+    else if (server.alive && server.cwd === null && !this.paths.pidsDirOverride) {
+      serverError = `server ${server.identity?.pid} cwd unreadable: pid files looked for in ${this.paths.stepwiseDir}/pids (use --pids-dir)`;
+    }
     sources.server = {
-      ok: serverFile.pidFile !== null || /no server\.pid/.test(serverFile.problem ?? ''),
-      ...(serverFile.pidFile === null && !/no server\.pid/.test(serverFile.problem ?? '') ? { error: `server down: ${serverFile.problem}` } : {}),
+      ok: serverError === null,
+      ...(serverError ? { error: serverError } : {}),
       durationSeconds: (performance.now() - serverT0) / 1000,
     };
 

@@ -1,36 +1,22 @@
 // `reap` and `gc` end to end: the CLI runs as a child process (built with tsc into a private
 // folder, so a concurrent build of dist/ by someone else cannot interfere), against a real temp
 // project with real fake adapter trees and a real store.
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../src/effects/audit-log.js';
+import { buildCli, type BuiltCli } from '../helpers/built-cli.js';
 import { aliveSame, createTempProject, goneOrZombie, type TempProject } from '../helpers/temp-project.js';
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-// <buildRoot>/dist mirrors the repo's dist/ (dist/cli/version.js reads ../../package.json).
-const buildRoot = path.join(repo, 'node_modules', '.cache', `swtest-cli-${process.pid}`);
-const outDir = path.join(buildRoot, 'dist');
-const bin = path.join(outDir, 'cli', 'bin.js');
-
+let built: BuiltCli;
+let bin: string;
 beforeAll(() => {
-  fs.mkdirSync(buildRoot, { recursive: true });
-  fs.copyFileSync(path.join(repo, 'package.json'), path.join(buildRoot, 'package.json'));
-  // Emits even when files other people are still writing do not type-check (noEmitOnError is off);
-  // only the files `reap`/`gc` load must exist.
-  try {
-    execFileSync(process.execPath, [path.join(repo, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json', '--outDir', outDir], { cwd: repo, stdio: 'pipe' });
-  } catch {
-    // type errors elsewhere: checked below that what we need was emitted
-  }
-  for (const f of ['cli/bin.js', 'cli/commands/reap.js', 'cli/commands/gc.js', 'effects/execute.js']) {
-    if (!fs.existsSync(path.join(outDir, f))) throw new Error(`build did not emit ${f}`);
-  }
+  built = buildCli(['cli/commands/reap.js', 'cli/commands/gc.js', 'effects/execute.js']);
+  bin = built.bin;
 }, 180_000);
-afterAll(() => fs.rmSync(buildRoot, { recursive: true, force: true }));
+afterAll(() => built?.cleanup());
 
 let project: TempProject;
 let stateDir: string;
