@@ -1,7 +1,7 @@
 // Shared by project-reading commands: options → validated config → project sessions.
 
-import { loadConfig, policyFromConfig, type Config } from '../config/schema.js';
-import { ProjectSession } from '../daemon/collect.js';
+import { loadConfig, type Config } from '../config/schema.js';
+import { sessionsFromConfig, type ProjectSession } from '../daemon/collect.js';
 import { checkProjectDir, findProjectRoot } from '../sources/project.js';
 import { UserError, type CliIO } from './io.js';
 
@@ -27,22 +27,10 @@ export function projectRoots(config: Config, io: CliIO): string[] {
 }
 
 export function openSessions(config: Config, io: CliIO): ProjectSession[] {
-  const policy = policyFromConfig(config);
   const roots = projectRoots(config, io);
   if (roots.length > 1 && (config.db || config.pidsDir)) {
     // One --db/--pids-dir cannot belong to several projects.
     throw new UserError('--db and --pids-dir apply to a single --project');
   }
-  return roots.map(
-    (root) =>
-      new ProjectSession({
-        root,
-        db: config.db,
-        pidsDir: config.pidsDir,
-        procRoot: config.procRoot,
-        env: io.env,
-        storeBusyMs: config.storeBusyMs,
-        policy,
-      }),
-  );
+  return sessionsFromConfig(config, roots, io.env);
 }

@@ -2,6 +2,7 @@
 // aborts the cycle) → the pure classifier → an inventory. Long-lived in the daemon (the store
 // reader keeps its incremental index), short-lived in one-shot commands.
 
+import { policyFromConfig, type Config } from '../config/schema.js';
 import { classify } from '../core/classify.js';
 import { matchesMarker } from '../core/process-tree.js';
 import { resolveServer } from '../core/server.js';
@@ -136,4 +137,27 @@ export class ProjectSession {
   close(): void {
     this.store.close();
   }
+}
+
+/** One session per project root, from the validated config (CLI commands and the daemon). */
+export function sessionsFromConfig(
+  config: Config,
+  roots: string[],
+  env: NodeJS.ProcessEnv,
+  storeOptions?: ProjectSessionOptions['storeOptions'],
+): ProjectSession[] {
+  const policy = policyFromConfig(config);
+  return roots.map(
+    (root) =>
+      new ProjectSession({
+        root,
+        db: config.db,
+        pidsDir: config.pidsDir,
+        procRoot: config.procRoot,
+        env,
+        storeBusyMs: config.storeBusyMs,
+        policy,
+        ...(storeOptions ? { storeOptions } : {}),
+      }),
+  );
 }

@@ -8,7 +8,7 @@ import { selfPlanContext } from '../effects/self.js';
 import { buildServer } from '../http/app.js';
 import { WatchdogMetrics } from '../metrics/registry.js';
 import { watchedProcess } from '../sources/watched-process.js';
-import { ProjectSession, type ProjectSessionOptions } from './collect.js';
+import { sessionsFromConfig, type ProjectSessionOptions } from './collect.js';
 import { createExecutor, explicitReap } from './executor.js';
 import { ChangeWatcher } from './watch.js';
 import { Watchdog } from './watchdog.js';
@@ -39,19 +39,7 @@ export async function createDaemon(
   },
 ): Promise<Daemon> {
   const policy = policyFromConfig(config);
-  const sessions = deps.roots.map(
-    (root) =>
-      new ProjectSession({
-        root,
-        db: config.db,
-        pidsDir: config.pidsDir,
-        procRoot: config.procRoot,
-        env: deps.env,
-        storeBusyMs: config.storeBusyMs,
-        policy,
-        ...(deps.storeOptions ? { storeOptions: deps.storeOptions } : {}),
-      }),
-  );
+  const sessions = sessionsFromConfig(config, deps.roots, deps.env, deps.storeOptions);
   const planContext = selfPlanContext(config.allowOtherUids, config.procRoot);
   const executor = createExecutor({ auditLog: config.auditLog, killWaitSeconds: config.killWait, logger: deps.logger, planContext, gc: config.gc && !config.observeOnly });
   if (!config.observeOnly) {

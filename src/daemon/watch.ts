@@ -32,6 +32,9 @@ export class ChangeWatcher {
     if (!this.watcher) {
       this.watcher = watch([...wanted], { ignoreInitial: true, persistent: true, depth: 1, followSymlinks: false });
       this.watcher.on('all', (event, file) => this.onChange(`${event} ${path.basename(file)}`));
+      // A change made while the watcher was still scanning (ignoreInitial) is not reported: one
+      // more cycle once it is ready catches it, instead of leaving it to the interval.
+      this.watcher.once('ready', () => this.onChange('watch ready'));
       this.watcher.on('error', (err) => this.logger.warn({ err }, 'file watch error (cycles still run on the interval)'));
       this.watched = wanted;
       return;

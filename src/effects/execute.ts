@@ -3,7 +3,7 @@
 // when gc is on, then the planned stale pid files. Every result is audited (fsync'd) as soon as
 // it is known; no action is started without a writable audit log.
 
-import { plan as planFn, type Plan, type PlanContext, type RefusalCode, type KillTreeAction } from '../core/plan.js';
+import { plan as planFn, type Plan, type PlanContext, type RefusalCode, type KillTreeAction, type Refusal } from '../core/plan.js';
 import type { AdapterTree, Policy, ProjectInventory } from '../core/types.js';
 import { AuditLogError, auditRecord, currentUser, type AuditLog } from './audit-log.js';
 import { killTree, sameTree, type KillSkipCode, type KillTreeDeps, type KillTreeResult, type RecheckResult } from './kill-tree.js';
@@ -13,15 +13,8 @@ import { removePidFile, removePidFileOfReapedTree, type PidFileResult, type Remo
 export type Actor = 'cli' | 'daemon' | 'api';
 
 /** A refusal of the plan that is reported (and audited) with the results: those of explicit requests. */
-export interface RefusalResult {
-  kind: 'refusal';
-  project: string;
-  target: string;
-  code: RefusalCode;
-  reason: string;
-  explicit: boolean;
+export interface RefusalResult extends Refusal {
   forced: boolean;
-  tree?: AdapterTree;
 }
 
 export type ActionResult = (KillTreeResult & { pidFile?: PidFileResult }) | PidFileResult | RefusalResult;

@@ -39,7 +39,7 @@ describe('the daemon loop', () => {
     await start({ interval: 600 });
     const before = count();
     project.writePidFile(99_999_0 + 1, {});
-    expect(await waitUntil(() => count() > before && daemon!.watchdog.inventories()[0]!.pidFiles.length === 1, 5_000)).toBe(true);
+    expect(await waitUntil(() => count() > before && daemon!.watchdog.inventories()[0]!.pidFiles.length === 1, 15_000)).toBe(true);
     expect(daemon!.watchdog.inventories()[0]!.pidFiles[0]!.verdict).toBe('stale-dead');
   });
 
@@ -49,7 +49,7 @@ describe('the daemon loop', () => {
     const before = count();
     const res = await daemon!.app.inject({ method: 'POST', url: '/api/poke' });
     expect(res.statusCode).toBe(202);
-    expect(await waitUntil(() => count() > before, 5_000)).toBe(true);
+    expect(await waitUntil(() => count() > before, 15_000)).toBe(true);
   });
 
   it('reaps a leaked tree once its terminal grace expires (woken by the grace, not the interval)', async () => {
@@ -61,7 +61,7 @@ describe('the daemon loop', () => {
 
     const endedAt = Date.now();
     project.setJobStatus(adapter.jobIds[0]!, 'failed', 0); // the store changes: a cycle sees it leaked, within grace
-    expect(await waitUntil(() => daemon!.watchdog.inventories()[0]!.adapters.find((a) => a.topPid === top.pid)?.verdict === 'leaked', 5_000)).toBe(true);
+    expect(await waitUntil(() => daemon!.watchdog.inventories()[0]!.adapters.find((a) => a.topPid === top.pid)?.verdict === 'leaked', 15_000)).toBe(true);
     expect(readIdentity(top.pid)).not.toBeNull(); // held: within the grace
 
     expect(await waitUntil(() => adapter.tree.identities.every(goneOrZombie), 15_000)).toBe(true);
@@ -70,10 +70,10 @@ describe('the daemon loop', () => {
       const text = fs.existsSync(daemon!.auditLogPath) ? fs.readFileSync(daemon!.auditLogPath, 'utf8') : '';
       return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { time: string; actor: string; outcome: string; action: string });
     };
-    expect(await waitUntil(() => records().some((r) => r.action === 'kill-tree'), 5_000)).toBe(true);
+    expect(await waitUntil(() => records().some((r) => r.action === 'kill-tree'), 15_000)).toBe(true);
     const kill = records().find((r) => r.actor === 'daemon' && r.outcome === 'ok')!;
     expect(Date.parse(kill.time) - endedAt).toBeGreaterThanOrEqual(2_000 - 50);
-    expect(await waitUntil(() => daemon!.watchdog.inventories()[0]!.adapters.every((a) => a.topPid !== top.pid), 5_000)).toBe(true);
+    expect(await waitUntil(() => daemon!.watchdog.inventories()[0]!.adapters.every((a) => a.topPid !== top.pid), 15_000)).toBe(true);
     const text = await daemon!.metrics.metrics();
     expect(text).toContain(`stepwise_watchdog_reaped_total{project="${project.root}",verdict="leaked",result="ok"} 1`);
     expect(text).toContain(`stepwise_watchdog_adapters{project="${project.root}",verdict="leaked"} 0`);

@@ -120,7 +120,8 @@ describe('killTree', () => {
     const r = await killTree(action, { recheck: recheck(action), kill, killWaitMs: 3000 });
     expect(r.outcome).toBe('ok');
     expect(r.processes.find((p) => p.pid === grandchild.pid)?.result).toBe('gone');
-    expect(a.tree.identities.every(goneOrZombie)).toBe(true);
+    // The test's own SIGKILL of the grandchild is delivered asynchronously: wait for it.
+    expect(await waitUntil(() => a.tree.identities.every(goneOrZombie), 5_000)).toBe(true);
   });
 
   it('refuses when the top identity changed between plan and act (pid reused): nothing signalled', async () => {
