@@ -126,7 +126,9 @@ export function loadConfig(opts: { flags: Record<string, unknown>; env?: NodeJS.
   for (const k of Object.keys(file)) origin[k] = `config file ${opts.file}`;
   Object.assign(origin, env.origin);
   const flags = Object.fromEntries(Object.entries(opts.flags).filter(([, v]) => v !== undefined));
-  for (const k of Object.keys(flags)) origin[k] = `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  // Repeatable flags are singular on the command line (--marker X --marker Y).
+  const flagName: Record<string, string> = { markers: '--marker' };
+  for (const k of Object.keys(flags)) origin[k] = flagName[k] ?? `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
   const merged = { ...file, ...env.values, ...flags };
   const result = configSchema.safeParse(merged);
   if (result.success) return result.data;
@@ -138,7 +140,9 @@ export function loadConfig(opts: { flags: Record<string, unknown>; env?: NodeJS.
   let value: unknown = merged[key as keyof typeof merged];
   if (Array.isArray(value) && typeof issue.path[1] === 'number') value = value[issue.path[1]];
   const where = origin[key] ?? key;
-  throw new ConfigError(`${where} ${JSON.stringify(value)}: ${issue.message}`);
+  // Flags and env vars name the value themselves; a config file needs the key too.
+  const what = where.startsWith('config file') ? `${where}: "${key}" ${JSON.stringify(value)}` : `${where} ${JSON.stringify(value)}`;
+  throw new ConfigError(`${what}: ${issue.message}`);
 }
 
 export function policyFromConfig(c: Config): Policy {
