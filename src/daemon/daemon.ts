@@ -80,7 +80,7 @@ export async function createDaemon(
     inventories: () => watchdog.inventories(),
     cycleStatus: () => watchdog.status,
     poke: (reason) => watchdog.poke(reason),
-    reap: (req) => explicitReap(req, { watchdog, sessions, policy, planContext, executor }),
+    reap: (req) => explicitReap(req, { watchdog, sessions, policy, planContext, executor, observeOnly: config.observeOnly }),
     token: deps.token,
     readyMaxAgeSeconds: config.interval * 3 + 30,
   });

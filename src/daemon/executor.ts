@@ -30,7 +30,7 @@ export function createExecutor(opts: { auditLog: string | null; killWaitSeconds:
         opts.logger.error({ project: p.project, auditLog: audit.path, error: report.auditError, notCarriedOut: report.notCarriedOut }, 'audit log unwritable: not reaping');
       }
       const s = summarise(report.results);
-      const summary: ExecutionSummary = { reaped: s.reaped, pidFilesRemoved: s.pidFilesRemoved, raw: report, auditError: report.auditError };
+      const summary: ExecutionSummary = { reaped: s.reaped, pidFilesRemoved: s.pidFilesRemoved, refusals: s.refusals, raw: report, auditError: report.auditError };
       return summary;
     },
   };
@@ -39,8 +39,10 @@ export function createExecutor(opts: { auditLog: string | null; killWaitSeconds:
 /** POST /api/reap: the CLI's selection and refusals, carried out by the daemon (actor "api"). */
 export async function explicitReap(
   req: ApiReapRequest,
-  deps: { watchdog: Watchdog; sessions: ProjectSession[]; policy: Policy; planContext: PlanContext; executor: PlanExecutor },
+  deps: { watchdog: Watchdog; sessions: ProjectSession[]; policy: Policy; planContext: PlanContext; executor: PlanExecutor; observeOnly: boolean },
 ): Promise<{ status: number; body: unknown }> {
+  // --observe-only turns every effect off, the API's too (a dry run still answers).
+  if (deps.observeOnly && !req.dryRun) return { status: 409, body: { error: 'this daemon runs --observe-only: it reaps nothing (send "dryRun": true for the plan)' } };
   let session: ProjectSession | undefined;
   if (req.project === null) {
     if (deps.sessions.length !== 1) {

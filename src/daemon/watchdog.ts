@@ -17,6 +17,8 @@ export interface PlanExecutor {
 export interface ExecutionSummary {
   reaped: { verdict: string; result: 'ok' | 'failed' | 'skipped'; bytes: number; topPid: number; reason: string; detail?: string; code?: string }[];
   pidFilesRemoved: { path: string; result: 'removed' | 'already-gone' | 'skipped' | 'failed'; reason: string }[];
+  /** Refusals by code: explicit requests refused, kills skipped at re-verification. */
+  refusals: Record<string, number>;
   /** Set when the audit log could not be written: nothing (more) was carried out. */
   auditError?: string | null;
   /** Results in the executor's own (documented) shape, for the API. */
@@ -214,10 +216,12 @@ export class Watchdog implements MetricsSource {
   /** Account for what the executor did: metrics and one log line per reap / removal. */
   publish(project: string, summary: ExecutionSummary): void {
     const log = this.opts.logger;
+    // Explicit refusals (API, CLI) and kills skipped at re-verification; policy refusals of a
+    // cycle's own plan are counted when planned (they never reach the executor).
+    for (const [code, n] of Object.entries(summary.refusals)) this.opts.metrics?.recordRefusal(project, code, n);
     for (const r of summary.reaped) {
       if (r.result === 'skipped') {
-        this.opts.metrics?.recordRefusal(project, r.code ?? 'identity_changed');
-        log.warn({ project, topPid: r.topPid, verdict: r.verdict, reason: r.reason, detail: r.detail }, 'reap skipped');
+        log.warn({ project, topPid: r.topPid, verdict: r.verdict, reason: r.reason, detail: r.detail, code: r.code }, 'reap skipped');
         continue;
       }
       this.opts.metrics?.recordReap({ project, verdict: r.verdict, result: r.result, bytes: r.bytes });

@@ -8,6 +8,8 @@ import { REFUSAL_CODES } from '../core/plan.js';
 import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, type ProjectInventory } from '../core/types.js';
 
 export const PREFIX = 'stepwise_watchdog_';
+/** Refusal reasons counted (waiting out a grace is not a refusal), plus re-verification skips. */
+export const REFUSAL_COUNTED = [...REFUSAL_CODES.filter((c) => c !== 'grace'), 'identity_changed', 'verdict_changed', 'ownership_changed'];
 export const SOURCES = ['store', 'processes', 'pidfiles', 'server'] as const;
 
 export interface ProcessMemory {
@@ -156,7 +158,7 @@ export class WatchdogMetrics {
     this.pidfilesRemoved = new Counter({ name: `${PREFIX}pidfiles_removed_total`, help: 'Stale pid files removed.', labelNames: ['project'], registers: [r] });
     this.refusals = new Counter({
       name: `${PREFIX}refusals_total`,
-      help: `Reaps refused or held back, by reason code (${REFUSAL_CODES.filter((c) => c !== 'grace').join(', ')}, identity_changed); waiting out a grace is not counted.`,
+      help: `Reaps refused or held back, by reason code (${REFUSAL_COUNTED.join(', ')}); waiting out a grace is not counted.`,
       labelNames: ['project', 'reason'],
       registers: [r],
     });
@@ -173,6 +175,7 @@ export class WatchdogMetrics {
       for (const v of ['leaked', 'orphaned'] as const) for (const result of ['ok', 'failed'] as const) this.reaped.inc({ project, verdict: v, result }, 0);
       this.reapedBytes.inc({ project }, 0);
       this.pidfilesRemoved.inc({ project }, 0);
+      for (const reason of REFUSAL_COUNTED) this.refusals.inc({ project, reason }, 0);
     }
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: PREFIX });
   }
@@ -186,8 +189,8 @@ export class WatchdogMetrics {
     this.pidfilesRemoved.inc({ project });
   }
 
-  recordRefusal(project: string, reason: string): void {
-    this.refusals.inc({ project, reason });
+  recordRefusal(project: string, reason: string, n = 1): void {
+    this.refusals.inc({ project, reason }, n);
   }
 
   recordCycle(durationSeconds: number, endEpochSeconds: number): void {

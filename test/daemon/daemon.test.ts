@@ -22,10 +22,10 @@ afterEach(async () => {
   auditDir = null;
 });
 
-async function start(flags: Record<string, unknown>, retainFinishedMs?: number): Promise<Daemon> {
+async function start(flags: Record<string, unknown>, retainFinishedMs?: number, token: string | null = null): Promise<Daemon> {
   auditDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sw-audit-'));
   const config = loadConfig({ flags: { project: [project!.root], auditLog: path.join(auditDir, 'audit.jsonl'), ...flags }, env: {} });
-  daemon = await createDaemon(config, { roots: [project!.root], logger: pino({ level: 'silent' }), env: {}, token: null, defaultMetrics: false, debounceMs: 50, ...(retainFinishedMs !== undefined ? { storeOptions: { retainFinishedMs } } : {}) });
+  daemon = await createDaemon(config, { roots: [project!.root], logger: pino({ level: 'silent' }), env: {}, token, defaultMetrics: false, debounceMs: 50, ...(retainFinishedMs !== undefined ? { storeOptions: { retainFinishedMs } } : {}) });
   daemon.start();
   await waitUntil(() => daemon!.watchdog.status.count >= 1, 10_000);
   return daemon;
@@ -87,6 +87,28 @@ describe('the daemon loop', () => {
     expect(daemon!.watchdog.inventories()[0]!.adapters.find((a) => a.topPid === adapter.tree.topPid)?.verdict).toBe('leaked');
     expect(adapter.tree.identities.every((id) => readIdentity(id.pid) !== null)).toBe(true);
     expect(fs.existsSync(daemon!.auditLogPath)).toBe(false);
+  });
+
+  it('POST /api/reap: refusals are counted; an observe-only daemon reaps nothing', async () => {
+    project = await createTempProject();
+    const token = 'a-test-token-that-is-long-enough';
+    const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+    await start({ interval: 600 }, undefined, token);
+    const res = await daemon!.app.inject({ method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ jobs: ['job-nope'] }) });
+    expect(res.statusCode).toBe(200);
+    expect(res.json().results).toEqual([expect.objectContaining({ kind: 'refusal', code: 'not_found', target: 'job job-nope' })]);
+    expect(await daemon!.metrics.metrics()).toContain(`stepwise_watchdog_refusals_total{project="${project.root}",reason="not_found"} 1`);
+    await daemon!.stop();
+
+    const a = await project.spawnAdapter({ job: { status: 'failed', endedSecondsAgo: 600 }, tree: { holdMb: 0 } });
+    await start({ interval: 600, observeOnly: true }, undefined, token);
+    const refused = await daemon!.app.inject({ method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ allLeaked: true }) });
+    expect(refused.statusCode).toBe(409);
+    expect(refused.json().error).toMatch(/--observe-only/);
+    const dry = await daemon!.app.inject({ method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ allLeaked: true, dryRun: true }) });
+    expect(dry.statusCode).toBe(200);
+    expect(dry.json().plan.actions).toEqual([expect.objectContaining({ kind: 'kill-tree', topPid: a.tree.topPid })]);
+    expect(a.tree.identities.every((id) => readIdentity(id.pid) !== null)).toBe(true);
   });
 
   it('never runs two cycles at once; pokes during a cycle run one more after it', async () => {
