@@ -135,6 +135,8 @@ export function buildProgram(io: CliIO, setCode: (code: number) => void): Comman
 
   projectOptions(program.command('doctor'))
     .description('one screen to run first: server, store, pids folder, guard, hook, markers, what the daemon would do')
+    .option('--listen <host:port>', 'where to look for a running daemon (default 127.0.0.1:9477)')
+    .option('--python <path>', "the Python interpreter stepwise runs with (for the guard check)")
     .option('--json', 'print JSON')
     .action(lazy(() => import('./commands/doctor.js')));
 
