@@ -212,22 +212,29 @@ export function classify(input: ClassifyInput): ProjectInventory {
     const jobIds = new Set<string>();
     let agent: string | null = null;
 
+    let pidFile: string | null = null;
+    let fileAgent: string | null = null;
+    let retried: string | null = null;
+    for (const f of validFiles.get(root.pid) ?? []) {
+      if (f.mtimeEpoch !== null && rootStart <= f.mtimeEpoch + slack) {
+        pidFile = f.path;
+        fileAgent = f.agent;
+      }
+    }
     for (const run of runsByPid.get(root.pid) ?? []) {
-      const verdict = judgeRunEvidence(run, rootStart, clock, slack);
+      const verdict = judgeRunEvidence(run, rootStart, clock, slack, pidFile !== null);
       if (verdict === null) {
+        const finished = parseIsoEpoch(run.completedAt);
+        if (finished !== null && rootStart > finished + slack) retried = run.id;
         evidence.push({ kind: 'run', runId: run.id, jobId: run.jobId });
         runIds.push(run.id);
         jobIds.add(run.jobId);
         agent ??= run.agent;
       } else rejected.push(verdict);
     }
-    let pidFile: string | null = null;
-    for (const f of validFiles.get(root.pid) ?? []) {
-      if (f.mtimeEpoch !== null && rootStart <= f.mtimeEpoch + slack) {
-        evidence.push({ kind: 'pid-file', path: f.path });
-        pidFile = f.path;
-        agent ??= f.agent;
-      }
+    if (pidFile !== null) {
+      evidence.push({ kind: 'pid-file', path: pidFile });
+      agent ??= fileAgent;
     }
     const top = index.byPid.get(root.pid);
     const serverChild = root.topAlive && serverPid !== null && top?.ppid === serverPid;
@@ -251,8 +258,9 @@ export function classify(input: ClassifyInput): ProjectInventory {
       topAlive: root.topAlive,
       rejected,
     });
+    const retryNote = retried ? ` (spawned by a retry of run ${retried} after it ended: the cancel-then-retry leak)` : '';
     inventory.adapters.push(
-      makeTree(root.pid, root.startTicks, members, verdict, storeNote + reason, jobRefs, evidence, {
+      makeTree(root.pid, root.startTicks, members, verdict, storeNote + reason + retryNote, jobRefs, evidence, {
         rootStart,
         now,
         pidFile,
@@ -301,14 +309,26 @@ export function classify(input: ClassifyInput): ProjectInventory {
   }
 }
 
-/** null when the run is evidence for a process that started at `start`; else why it is not. */
-function judgeRunEvidence(run: RunRow, start: number, clock: ClockInfo, slack: number): string | null {
+/**
+ * null when the run is evidence for a process that started at `start`; else why it is not.
+ *
+ * A process that started after the run finished is normally a reused pid. One engine path
+ * writes a pid after the run finished: a cancelled job's step retries (the cancel's "Transport
+ * closed" counts as transient) and records its fresh adapter on the cancelled run — the
+ * engine clears `step_runs.pid` when a run finishes, so a set `pid` column equal to the pid
+ * says so. That is accepted only when it is corroborated by the project's pid file for the
+ * same process (written by the engine after the handshake) and the process started after the run.
+ */
+function judgeRunEvidence(run: RunRow, start: number, clock: ClockInfo, slack: number, pidFileNamesIt: boolean): string | null {
   const started = parseIsoEpoch(run.startedAt);
   if (started !== null && started < clock.bootTimeEpoch - slack) {
     return `run ${run.id} started before this boot: its pid ${run.pid} means nothing now`;
   }
   const completed = parseIsoEpoch(run.completedAt);
   if (completed !== null && start > completed + slack) {
+    const retry = run.pidColumn !== null && run.pidColumn === run.pid && started !== null && start >= started - slack;
+    if (retry && pidFileNamesIt) return null;
+    if (retry) return `pid ${run.pid} was recorded on run ${run.id} after it finished, but no pid file confirms the process`;
     return `pid ${run.pid} started after run ${run.id} finished: reused pid`;
   }
   return null;

@@ -147,6 +147,12 @@ export interface RunRow {
    * "stale running runs".
    */
   agentStep: boolean;
+  /**
+   * The migrated `step_runs.pid` column (null on old schemas). Set while a run is open; the
+   * engine clears it when the run finishes, so on a finished run it was written afterwards:
+   * the retry of a cancelled job's step recording a fresh adapter on the cancelled run.
+   */
+  pidColumn: number | null;
 }
 
 /** What the store source hands to the classifier. */

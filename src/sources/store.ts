@@ -52,6 +52,12 @@ export interface StoreReaderOptions {
    */
   retainFinishedMs?: number;
   /**
+   * Keep (and re-read) cancelled runs this long (default 20 min): a cancelled job's step may
+   * retry within the engine's backoff window and record a new adapter on the cancelled run.
+   * The larger of this and retainFinishedMs applies to them.
+   */
+  retainCancelledMs?: number;
+  /**
    * Slack when deciding that a finished run names an earlier process with the same pid
    * (run completed more than this before the process started; default 5 s). See pidStartEpochs.
    */
@@ -173,9 +179,11 @@ export function storeStatements(f: StoreFeatures): StoreStatements {
       : null,
     // Only open runs, runs naming a pid of interest, and unparseable rows (to count them) leave
     // SQLite: JSON is parsed in C and only a few rows cross into JS.
+    // Recently cancelled runs too: a cancelled job's step may still retry and record a new
+    // adapter on its run (ISO-8601 UTC text compares in time order).
     fullChunk:
       `SELECT rowid AS rid, ${cols} FROM step_runs WHERE rowid > :lo AND rowid <= :hi AND ` +
-      `(status IN ${OPEN_SQL} OR json_valid(executor_state) = 0 OR ${pidMatch})`,
+      `(status IN ${OPEN_SQL} OR json_valid(executor_state) = 0 OR ${pidMatch} OR (status = 'cancelled' AND completed_at >= :cancelledSince))`,
     nextRowid: 'SELECT min(rowid) AS r FROM step_runs WHERE rowid > :after',
     maxRowid: 'SELECT max(rowid) AS r FROM step_runs',
     tail: 'SELECT rowid AS rid, id FROM step_runs WHERE rowid <= :hi ORDER BY rowid DESC LIMIT :n',
@@ -234,10 +242,17 @@ function isoEpochSeconds(iso: string): number {
 }
 
 /** Does this finished run name the live process a pid of interest stands for? */
+/** A finished run whose pid was written after it finished (see RunRow.pidColumn). */
+export function writtenAfterFinish(run: RunRow): boolean {
+  return run.completedAt !== null && run.pidColumn !== null && run.pidColumn === run.pid;
+}
+
 function namesLiveProcess(run: RunRow, interest: Interest): boolean {
   if (run.pid === null || !interest.pids.has(run.pid)) return false;
   const start = interest.starts?.get(run.pid);
-  if (start === undefined || run.completedAt === null) return true;
+  // A cancelled job's step that retried records its new adapter after the run ended: the
+  // process starting after completion is expected there (the classifier still asks for a pid file).
+  if (start === undefined || run.completedAt === null || writtenAfterFinish(run)) return true;
   const done = isoEpochSeconds(run.completedAt);
   return !(done < start - interest.toleranceSeconds); // unparseable → keep (NaN)
 }
@@ -262,6 +277,7 @@ function parseRun(r: RawRun): Parsed {
     startedAt: str(r.started_at),
     completedAt: str(r.completed_at),
     pid: posInt(r.es_pid) ?? posInt(r.col_pid),
+    pidColumn: posInt(r.col_pid),
     agent,
     inVm: r.es_invm === 'true',
     agentStep: false,
@@ -410,6 +426,7 @@ export class StoreReader {
   private readonly busyMs: number;
   private readonly resyncIntervalMs: number;
   private readonly retainMs: number;
+  private readonly retainCancelledMs: number;
   private readonly staleToleranceSeconds: number;
   private readonly chunk: number;
   private readonly now: () => number;
@@ -434,6 +451,7 @@ export class StoreReader {
     this.busyMs = options.busyTimeoutMs ?? 2000;
     this.resyncIntervalMs = options.resyncIntervalMs ?? 3_600_000;
     this.retainMs = options.retainFinishedMs ?? 300_000;
+    this.retainCancelledMs = options.retainCancelledMs ?? 20 * 60_000;
     this.staleToleranceSeconds = options.staleToleranceSeconds ?? 5;
     this.chunk = Math.max(1, options.fullScanChunkRowids ?? 50_000);
     this.now = options.now ?? Date.now;
@@ -613,6 +631,7 @@ export class StoreReader {
     const maxRow = db.prepare(sql.maxRowid).get() as { r: number | null };
     const hi = maxRow.r ?? 0;
     const chunkStmt = db.prepare(sql.fullChunk);
+    const cancelledSince = new Date(this.now() - this.retainCancelledMs).toISOString().replace('Z', '+00:00');
     const nextStmt = db.prepare(sql.nextRowid);
     let matches = 0;
     let after = Number.MIN_SAFE_INTEGER;
@@ -622,7 +641,7 @@ export class StoreReader {
       if (next.r === null || next.r > hi) break;
       const lo = next.r - 1;
       const top = Math.min(hi, lo + this.chunk);
-      for (const r of chunkStmt.all({ lo, hi: top, pids: pidsJson }) as RawRun[]) {
+      for (const r of chunkStmt.all({ lo, hi: top, pids: pidsJson, cancelledSince }) as RawRun[]) {
         matches++;
         this.ingest(r, interest, 'scan');
       }
@@ -653,10 +672,21 @@ export class StoreReader {
       return;
     }
     this.tracked.delete(p.id);
-    if (!p.agentStep || p.run.pid === null) return;
+    if (!p.agentStep) return;
+    // A run that just finished is kept a while (re-read by primary key); a cancelled one for the
+    // engine's retry window, even without a pid yet (its retry may record one).
+    const cancelled = p.run.status === 'cancelled' && this.retainCancelledMs > 0;
+    // History from a full scan is not retained, except recently cancelled runs (see fullChunk).
+    const retain = () => {
+      if (cancelled || (source !== 'scan' && this.retainMs > 0)) this.retained.set(p.id, { run: p.run!, since: this.now() });
+    };
+    if (p.run.pid === null) {
+      if (cancelled) retain();
+      return;
+    }
     if (namesLiveProcess(p.run, interest)) this.tracked.set(p.id, entry);
-    else if (interest.pids.has(p.run.pid)) return; // names an earlier process with the same pid
-    else if (source !== 'scan' && this.retainMs > 0) this.retained.set(p.id, { run: p.run, since: this.now() });
+    else if (interest.pids.has(p.run.pid) && !cancelled) return; // names an earlier process with the same pid
+    else retain();
   }
 
   private incremental(
@@ -703,14 +733,29 @@ export class StoreReader {
       }
       if (this.tail.length > TAIL_SIZE) this.tail.splice(0, this.tail.length - TAIL_SIZE);
 
-      // 3. Recently finished runs whose pid became of interest come back.
+      // 3. Recently finished runs: re-read by primary key (the engine may still write to them:
+      // a cancelled job's step retries and records its new adapter on the cancelled run), and
+      // they come back when their pid became of interest. Cancelled runs are kept for the
+      // engine's retry window (5 retries, 30 s doubling backoff: ~16 min), others briefly.
       const nowMs = this.now();
-      for (const [id, r] of this.retained) {
-        if (namesLiveProcess(r.run, interest)) {
-          this.retained.delete(id);
-          this.tracked.set(id, { run: r.run, open: false, agentStep: true });
-        } else if (nowMs - r.since >= this.retainMs) {
-          this.retained.delete(id);
+      if (this.retained.size > 0) {
+        const rows = db.prepare(sql.runsById).all({ ids: JSON.stringify([...this.retained.keys()]) }) as RawRun[];
+        const back = new Map(rows.map((r) => [String(r.id), r] as const));
+        for (const [id, r] of this.retained) {
+          const raw = back.get(id);
+          const p = raw ? parseRun(raw) : null;
+          if (!p || !p.run) {
+            this.retained.delete(id); // deleted by the engine, or no longer parses
+            continue;
+          }
+          if (p.open || (p.agentStep && namesLiveProcess(p.run, interest))) {
+            this.retained.delete(id);
+            this.tracked.set(id, { run: p.run, open: p.open, agentStep: p.agentStep });
+            continue;
+          }
+          r.run = p.run;
+          const keep = p.run.status === 'cancelled' ? Math.max(this.retainMs, this.retainCancelledMs) : this.retainMs;
+          if (nowMs - r.since >= keep) this.retained.delete(id);
         }
       }
 

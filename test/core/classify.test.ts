@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { classify } from '../../src/core/classify.js';
 import { resolveServer } from '../../src/core/server.js';
-import type { JobRow } from '../../src/core/types.js';
+import type { JobRow, RunRow } from '../../src/core/types.js';
 import { BOOT, NOW, SERVER, adapter, input, iso, job, pidFile, proc, run, serverProc } from '../helpers/synthetic.js';
 
 const verdictOf = (inv: ReturnType<typeof classify>, top: number) => inv.adapters.find((a) => a.topPid === top);
@@ -139,6 +139,31 @@ describe('classify: identity and reuse', () => {
     );
     expect(verdictOf(inv, 200)!.verdict).toBe('leaked');
     expect(verdictOf(inv, 200)!.jobs).toHaveLength(2);
+  });
+
+  describe('the cancel-then-retry leak: a pid recorded on a run after it finished', () => {
+    // The job was cancelled at 3_000; its step retried and spawned an adapter at 3_030, which
+    // the engine recorded on the cancelled run (pid column and executor_state).
+    const retryRun = (over: Partial<RunRow> = {}) => run('r1', 'j1', 200, 2_000, 3_000, { status: 'cancelled', pidColumn: 200, ...over });
+    const procs = () => [serverProc, ...adapter(200, SERVER, 3_030)];
+
+    it('is leaked when the pid file confirms the process', () => {
+      const inv = classify(input({ processes: procs(), runs: [retryRun()], jobs: [job('j1', 'cancelled', 3_000)], pidFiles: [pidFile(200, 3_030.3)] }));
+      const tree = verdictOf(inv, 200)!;
+      expect(tree.verdict).toBe('leaked');
+      expect(tree.reason).toMatch(/cancel-then-retry leak/);
+    });
+
+    it('is not evidence without a pid file (the pid may have been reused since)', () => {
+      const inv = classify(input({ processes: procs(), runs: [retryRun()], jobs: [job('j1', 'cancelled', 3_000)] }));
+      expect(verdictOf(inv, 200)!.verdict).toBe('unreferenced');
+      expect(verdictOf(inv, 200)!.reason).toMatch(/no pid file confirms the process/);
+    });
+
+    it('is not evidence when the pid column was cleared (the engine finished the run after the pid was recorded)', () => {
+      const inv = classify(input({ processes: procs(), runs: [retryRun({ pidColumn: null })], jobs: [job('j1', 'cancelled', 3_000)], pidFiles: [pidFile(200, 3_030.3)] }));
+      expect(verdictOf(inv, 200)!.verdict).toBe('unreferenced');
+    });
   });
 
   it('a pid file older than its process is stale-reused and gives no evidence', () => {

@@ -51,6 +51,7 @@ export function run(id: string, jobId: string, pid: number | null, startedEpoch:
     agent: 'claude',
     inVm: false,
     agentStep: true,
+    pidColumn: completedEpoch === null ? pid : null,
     ...over,
   };
 }

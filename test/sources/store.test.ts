@@ -23,7 +23,8 @@ import {
   updateRun,
 } from '../../src/sources/stepwise-schema.js';
 
-const FIXTURE_DIR = '/work/shared/fixtures/stepwise-0.46.1-leak';
+// ../shared beside the repository (as in CI), not an absolute path.
+const FIXTURE_DIR = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../../shared/fixtures/stepwise-0.46.1-leak');
 const require = createRequire(import.meta.url);
 const BETTER_SQLITE3 = require.resolve('better-sqlite3');
 
@@ -687,5 +688,48 @@ describe('incremental index', () => {
     const r = reader.read({ pidsOfInterest: none });
     expect(reader.lastReadStats?.resyncReason).toBe('file replaced');
     expect(r.snapshot!.runs.map((x) => x.id)).toEqual(['run-replacement']);
+  });
+});
+
+// ── the cancel-then-retry leak ──────────────────────────────────────────────────────────────
+
+describe('a cancelled run the engine writes to after it finished', () => {
+  it('is re-read while retained, so the retry adapter recorded on it is seen (incremental path)', () => {
+    const { p, db } = newStore();
+    const job = insertJob(db, { status: 'running' });
+    const run = insertRun(db, { jobId: job, status: 'running', executorState: agentExecutorState({ pid: 70_001 }), pidColumn: 70_001 });
+    let clock = 1_000_000;
+    const reader = new StoreReader({ dbPath: p, now: () => clock });
+    expect(reader.read({ pidsOfInterest: new Set([70_001]) }).snapshot!.runs.map((r) => r.id)).toEqual([run]);
+
+    // cancel_job: the run ends, pid column cleared; the engine kills that adapter.
+    updateRun(db, run, { status: 'cancelled', completedAt: pyIsoformat(), pidColumn: null });
+    db.prepare("UPDATE jobs SET status = 'cancelled' WHERE id = ?").run(job);
+    expect(reader.read({ pidsOfInterest: none }).snapshot!.runs).toEqual([]);
+
+    // A daemon started after the cancel: its first (full) read keeps the recently cancelled run.
+    const lateClock = { t: Date.now() };
+    const late = new StoreReader({ dbPath: p, now: () => lateClock.t });
+    expect(late.read({ pidsOfInterest: none }).snapshot!.runs).toEqual([]);
+
+    // 10 minutes later (past the 5 min retention of other finished runs, within the retry
+    // window) the step's retry records a new adapter on the cancelled run.
+    clock += 10 * 60_000;
+    lateClock.t += 10 * 60_000;
+    updateRun(db, run, { executorState: agentExecutorState({ pid: 70_002 }), pidColumn: 70_002 });
+    const later = reader.read({ pidsOfInterest: new Set([70_002]), pidStartEpochs: new Map([[70_002, Date.now() / 1000]]) });
+    expect(later.snapshot!.runs.map((r) => [r.id, r.pid, r.pidColumn, r.status])).toEqual([[run, 70_002, 70_002, 'cancelled']]);
+    const lateRead = late.read({ pidsOfInterest: new Set([70_002]), pidStartEpochs: new Map([[70_002, Date.now() / 1000]]) });
+    expect(lateRead.snapshot!.runs.map((r) => [r.id, r.pid])).toEqual([[run, 70_002]]);
+    late.close();
+    // A one-shot full read sees it too.
+    const once = readStoreOnce(p, { pidsOfInterest: new Set([70_002]), pidStartEpochs: new Map([[70_002, Date.now() / 1000]]) });
+    expect(once.snapshot!.runs.map((r) => r.id)).toEqual([run]);
+
+    // Past the retry window it is forgotten.
+    clock += 25 * 60_000;
+    expect(reader.read({ pidsOfInterest: none }).snapshot!.runs).toEqual([]);
+    expect(reader.trackedRunCount).toBe(0);
+    db.close();
   });
 });
