@@ -60,6 +60,12 @@ export async function buildDemoProject(opts: DemoOptions): Promise<DemoProject> 
   const dbPath = path.join(stepwiseDir, 'stepwise.db');
 
   const started: { server: ChildProcess | null; trees: FakeTree[]; sleeper: ChildProcess | null } = { server: null, trees: [], sleeper: null };
+  // Even on an abrupt exit (a second Ctrl-C): kill what we started directly. The fake trees have
+  // their own exit hook; the stand-in server also stops its trees when its stdin closes.
+  const onExit = () => {
+    for (const c of [started.server, started.sleeper]) if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  };
+  process.once('exit', onExit);
   let stopped: Promise<void> | null = null;
   const stop = (o: { keep?: boolean } = {}) => {
     stopped ??= (async () => {
@@ -73,6 +79,7 @@ export async function buildDemoProject(opts: DemoOptions): Promise<DemoProject> 
       }
       await Promise.allSettled(started.trees.map((t) => t.stop()));
       if (started.sleeper && started.sleeper.exitCode === null) started.sleeper.kill('SIGKILL');
+      process.removeListener('exit', onExit);
       if (!o.keep) fs.rmSync(root, { recursive: true, force: true });
     })();
     return stopped;

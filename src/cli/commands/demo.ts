@@ -15,6 +15,21 @@ import { executePlan, summarise } from '../../effects/execute.js';
 import { selfPlanContext } from '../../effects/self.js';
 import { EXIT, UserError, type CliIO } from '../io.js';
 
+/** Sleep, cut short by the stop signal; false when interrupted. */
+async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return false;
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      resolve(ok);
+    };
+    const onAbort = () => done(false);
+    const timer = setTimeout(() => done(true), ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 function memAvailable(): number | null {
   try {
     const m = /^MemAvailable:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
@@ -31,14 +46,16 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
   // Short graces so the demo can show `unreferenced` and reap without waiting a minute.
   const policy: Policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 3, terminalGraceSeconds: 3 };
   const say = (line = '') => io.stdout(`${line}\n`);
+  const interrupted = () => {
+    say('Interrupted: stopping every demo process.');
+    return 130;
+  };
 
   say(`Building a throw-away stepwise project with fake adapter trees (${holdMb} MiB per process)…`);
   let project: DemoProject | null = null;
-  const onAbort = () => void project?.stop({ keep });
-  io.stopSignal.addEventListener('abort', onAbort, { once: true });
   try {
     project = await buildDemoProject({ holdMb, spawnGraceSeconds: policy.spawnGraceSeconds, terminalGraceSeconds: policy.terminalGraceSeconds, log: (l) => say(l) });
-    if (io.stopSignal.aborted) return EXIT.failed;
+    if (io.stopSignal.aborted) return interrupted();
     say(`Project: ${project.root} (stand-in server pid ${project.serverPid})`);
     say();
 
@@ -57,7 +74,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
         const wait = nextGraceExpiry(current, policy, selection); // the soonest: loop until none is pending
         if (wait === null) break;
         say(`(waiting ${wait.toFixed(1)} s for the demo's ${policy.terminalGraceSeconds} s terminal / ${policy.spawnGraceSeconds} s spawn grace)`);
-        await new Promise((r) => setTimeout(r, wait * 1000 + 100));
+        if (!(await pause(wait * 1000 + 100, io.stopSignal))) return interrupted();
         current = session.collect();
       }
       const p = plan(current, policy, selection, ctx);
@@ -69,6 +86,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       for (const r of p.refusals) say(`  hold ${r.target}: ${r.reason}`);
       say();
 
+      if (io.stopSignal.aborted) return interrupted();
       const memBefore = memAvailable();
       say('$ stepwise-watchdog reap --all-leaked --orphans --yes   (and gc --yes)');
       const audit = new AuditLog(path.join(project.root, 'watchdog-audit.jsonl'));
@@ -78,7 +96,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       for (const f of s.pidFilesRemoved) say(`  ${path.basename(f.path)}: ${f.result}`);
       if (report.auditError) say(`  ! ${report.auditError}`);
       // Give the kernel a moment to account the freed pages.
-      await new Promise((r) => setTimeout(r, 300));
+      await pause(300, io.stopSignal);
       const memAfter = memAvailable();
       say();
 
@@ -97,7 +115,6 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       session.close();
     }
   } finally {
-    io.stopSignal.removeEventListener('abort', onAbort);
     if (project) {
       await project.stop({ keep });
       say(keep ? `Stopped every demo process; kept ${project.root}.` : 'Stopped every demo process and removed the demo project.');
