@@ -96,6 +96,8 @@ function table(rows: string[][]): string[] {
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd());
 }
 
+const TABLE_ORDER = ['leaked', 'orphaned', 'unreferenced', 'spawning', 'active', 'paused', 'in-vm', 'foreign'];
+
 export function renderStatus(inventories: ProjectInventory[], opts: StatusOptions): string {
   const out: string[] = [];
   for (const inv of inventories) {
@@ -106,7 +108,10 @@ export function renderStatus(inventories: ProjectInventory[], opts: StatusOption
     out.push(`  store   ${inv.dbPath}`);
     const bad = Object.entries(inv.sources).filter(([, h]) => !h.ok);
     for (const [name, h] of bad) out.push(`  ! source ${name}: ${h.error ?? 'failed'}`);
-    const adapters = inv.adapters.filter((a) => opts.all || a.verdict !== 'foreign');
+    // What needs attention first: leaked, orphaned, then the rest; oldest first within a verdict.
+    const adapters = inv.adapters
+      .filter((a) => opts.all || a.verdict !== 'foreign')
+      .sort((a, b) => TABLE_ORDER.indexOf(a.verdict) - TABLE_ORDER.indexOf(b.verdict) || b.ageSeconds - a.ageSeconds);
     if (adapters.length === 0) out.push('  no adapter trees');
     else {
       const rows = [['VERDICT', 'TOP PID', 'JOBS', 'RSS MiB', 'SWAP MiB', 'AGE', 'PID FILE', 'REASON']];
