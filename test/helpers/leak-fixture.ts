@@ -1,4 +1,4 @@
-// The real stepwise 0.46.1 leak fixture (../shared/fixtures/stepwise-0.46.1-leak), loaded
+// The real stepwise 0.46.1 leak fixture (test/fixtures/stepwise-0.46.1-leak, see its README), loaded
 // as the pure core's inputs. The fixture folder is read-only: the DB is copied first.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -12,7 +12,7 @@ import { parseServerPidFile } from '../../src/sources/project.js';
 import { StoreReader } from '../../src/sources/store.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-export const FIXTURE_DIR = path.resolve(here, '../../../shared/fixtures/stepwise-0.46.1-leak');
+export const FIXTURE_DIR = path.resolve(here, '../fixtures/stepwise-0.46.1-leak');
 
 interface FixtureProcess {
   pid: number;

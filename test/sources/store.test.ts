@@ -23,8 +23,8 @@ import {
   updateRun,
 } from '../../src/sources/stepwise-schema.js';
 
-// ../shared beside the repository (as in CI), not an absolute path.
-const FIXTURE_DIR = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../../shared/fixtures/stepwise-0.46.1-leak');
+// The fixture lives in the repository (test/fixtures), never outside it.
+const FIXTURE_DIR = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../fixtures/stepwise-0.46.1-leak');
 const require = createRequire(import.meta.url);
 const BETTER_SQLITE3 = require.resolve('better-sqlite3');
 
