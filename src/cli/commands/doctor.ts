@@ -96,7 +96,15 @@ export default async function doctor(opts: Record<string, unknown>, io: CliIO): 
       const p = plan(
         inv,
         policy,
-        { allLeaked: !config.observeOnly, orphans: !config.observeOnly && config.orphans, jobs: [], pids: [], force: false, gc: !config.observeOnly && config.gc },
+        {
+          allLeaked: !config.observeOnly,
+          orphans: !config.observeOnly && config.orphans,
+          sessions: !config.observeOnly && config.reapSessions,
+          jobs: [],
+          pids: [],
+          force: false,
+          gc: !config.observeOnly && config.gc,
+        },
         selfPlanContext(config.allowOtherUids, config.procRoot),
       );
       const kills = p.actions.filter((a) => a.kind === 'kill-tree');
