@@ -33,7 +33,7 @@ can report it. Set ``STEPWISE_RELEASE_GUARD=0`` to turn the guard off without un
 import os
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 GUARD_NAME = "stepwise_release_guard"
 LOGGER_NAME = "stepwise_release_guard"
