@@ -12,7 +12,15 @@ from inside the server process:
   saved through the store by any other path), the engine's resource managers release that
   job, once per terminal transition (nothing is added when the engine released it itself);
 * a resource acquired for a job that is already terminal is released right after the
-  acquisition.
+  acquisition;
+* ACP sessions nothing can use again are closed with stepwise's own
+  ``ACPClient.close_session`` (ACP ``session/close``, which ends that session's ``claude``
+  CLI and nothing else): a released job's sessions on an adapter that other jobs keep alive,
+  and a finished step run's session when stepwise's session rules say no later step run can
+  resume it (no named session, no ``continue_session``, no ``fork_from`` pointing at it).
+  A session is never closed while its turn runs; the calls are made on one daemon thread of
+  the guard, never on the engine's. stepwise <= 0.46.1 never closes a session, so without
+  this a shared adapter keeps one CLI (~170 MB) per session it ever opened.
 
 It changes nothing else: every wrapped method calls its original exactly once, with the same
 arguments, and returns its result or raises its exception unchanged; the guard's own
@@ -23,7 +31,9 @@ virtualenv's site-packages does that in every interpreter start). Importing is c
 it only installs an import hook; nothing is patched and stepwise is not imported until the
 process itself imports ``stepwise.engine``. At that point the guard checks that the engine
 has every method it relies on; if one is missing (another stepwise version) it disables
-itself with one warning and patches nothing.
+itself with one warning and patches nothing. Session closing has its own check (the ACP
+backend and client methods, ``SQLiteStore.save_run``): when that fails only session
+closing is off, with one warning.
 
 In a stepwise *server* process the guard records its state in
 ``<project>/.stepwise/release-guard.json`` (written atomically) so that stepwise-watchdog
@@ -413,6 +423,7 @@ class ReleaseGuard:
         self._job_steps = None  # OrderedDict job_id -> (id(workflow), {step: keep-reason|None})
         self._gone = None  # deque of session keys whose client object was collected
         self._closer = None
+        self._queue_full_logged = False
 
     # ── installation ─────────────────────────────────────────────────────
 
@@ -1272,8 +1283,11 @@ class ReleaseGuard:
         if closer is None or not closer.submit(rec, why):
             with self._lock:
                 rec.closing = False
-            _logger().warning("%s: could not queue the close of session %s of job %s",
-                              GUARD_NAME, rec.session_id, rec.job_id)
+                first = not self._queue_full_logged
+                self._queue_full_logged = True
+            (_logger().warning if first else _logger().debug)(
+                "%s: too many session closes pending (adapters not answering?); left session "
+                "%s of job %s open", GUARD_NAME, rec.session_id, rec.job_id)
 
     def _adapter_alive(self, rec, client):
         lifecycle = rec.lifecycle_ref() if rec.lifecycle_ref is not None else None
@@ -1404,6 +1418,8 @@ class ReleaseGuard:
     def _forget(self, job_id):
         with self._lock:
             self._memo.pop(job_id, None)
+            if self._job_steps is not None:
+                self._job_steps.pop(job_id, None)
 
     def _schedule(self, job_id, gen):
         """Release after the current engine operation (or now, outside any)."""
