@@ -271,7 +271,8 @@ const acpFilesCache = new Map<string, AcpFiles>();
 function acpFiles(script: string, pkg: string, bin: string): AcpFiles {
   const key = `${STUB_VERSION}\0${script}\0${pkg}\0${bin}`;
   const cached = acpFilesCache.get(key);
-  if (cached) return cached;
+  // Checked every time (one stat): a temp cleaner may have removed them since.
+  if (cached && existsSync(cached.cliPath)) return cached;
   const hash = createHash('sha256').update(key).digest('hex').slice(0, 16);
   const base = join(tmpdir(), `stepwise-watchdog-fake-${process.getuid?.() ?? 'u'}-npx-${hash}`);
   const rel = (root: string) => {

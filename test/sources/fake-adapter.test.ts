@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnFakeTree, spawnOrphanTree, type FakeTree } from '../../src/sources/fake-adapter.js';
 import { readIdentity, readProcessTable } from '../../src/sources/processes.js';
+import { createTempProject, type TempProject } from '../helpers/temp-project.js';
 
 const trees: FakeTree[] = [];
 async function track(p: Promise<FakeTree>): Promise<FakeTree> {
@@ -230,5 +231,32 @@ describe('the acp fake tree: the real npx shape', () => {
     expect(tree.shape).toBe('generic');
     expect(tree.pids).toHaveLength(2);
     await expect(tree.openSession()).rejects.toThrow(/acp shape/);
+  });
+});
+
+describe('temp-project sessions', () => {
+  let project: TempProject | null = null;
+  afterEach(async () => {
+    await project?.cleanup();
+    project = null;
+  });
+
+  it('one CLI per job, its uuid in that job’s run (executor_state.session_id); extra sessions named by no run', async () => {
+    project = await createTempProject({ server: false });
+    const a = await project.spawnAdapter({ jobs: ['running', { status: 'failed', failReason: 'abandoned' }], sessions: true, extraSessions: 1, tree: { holdMb: 0 } });
+    expect(a.sessions).toHaveLength(2);
+    expect(a.extraSessions).toHaveLength(1);
+    expect(a.tree.pids).toEqual([...a.tree.levelPids, ...a.sessions.map((s) => s.pid), a.extraSessions[0]!.pid]);
+    const rows = project.db.prepare('SELECT job_id, executor_state FROM step_runs').all() as { job_id: string; executor_state: string }[];
+    const byJob = new Map(rows.map((r) => [r.job_id, JSON.parse(r.executor_state) as { pid: number; pgid: number; session_id: string }]));
+    a.jobIds.forEach((jobId, i) => {
+      expect(byJob.get(jobId)).toMatchObject({ pid: a.tree.topPid, pgid: a.tree.topPid, session_id: a.sessions[i]!.sessionId });
+      expect(cmdline(a.sessions[i]!.pid)).toContain(`--session-id=${a.sessions[i]!.sessionId}`);
+    });
+    expect(rows.map((r) => JSON.parse(r.executor_state).session_id)).not.toContain(a.extraSessions[0]!.sessionId);
+    // Without `sessions`: levels 1-3 only.
+    const b = await project.spawnAdapter({ job: 'running', tree: { holdMb: 0 } });
+    expect(b.tree.pids).toEqual(b.tree.levelPids);
+    expect(b.sessions).toEqual([]);
   });
 });
