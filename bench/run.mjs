@@ -14,12 +14,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-if (!fs.existsSync(path.join(HERE, '../dist/daemon/collect.js'))) {
+if (!fs.existsSync(path.join(HERE, '../dist/session/project-session.js'))) {
   process.stderr.write('bench: dist/ is missing: run `npm run build` first (or `npm run bench`)\n');
   process.exit(2);
 }
 
-const { ProjectSession } = await import('../dist/daemon/collect.js');
+const { ProjectSession } = await import('../dist/session/project-session.js');
 const { DEFAULT_POLICY } = await import('../dist/core/types.js');
 const { selfPlanContext } = await import('../dist/effects/self.js');
 const { writePidFile, addLiveJobs, cachedHistory, openStoreCopy, RUNS_PER_JOB, HISTORY_FIRST_PID } = await import('./lib/stores.mjs');

@@ -1,7 +1,8 @@
 // Shared by project-reading commands: options → validated config → project sessions.
 
 import { loadConfig, type Config } from '../config/schema.js';
-import { sessionsFromConfig, type ProjectSession } from '../daemon/collect.js';
+import { sessionsFromConfig, type ProjectSession } from '../session/project-session.js';
+import type { Runtime } from '../session/runtime.js';
 import { checkProjectDir, findProjectRoot } from '../sources/project.js';
 import { UserError, type CliIO } from './io.js';
 
@@ -26,11 +27,11 @@ export function projectRoots(config: Config, io: CliIO): string[] {
   return [findProjectRoot(io.cwd)];
 }
 
-export function openSessions(config: Config, io: CliIO): ProjectSession[] {
+export function openSessions(config: Config, runtime: Runtime, io: CliIO): ProjectSession[] {
   const roots = projectRoots(config, io);
   if (roots.length > 1 && (config.db || config.pidsDir)) {
     // One --db/--pids-dir cannot belong to several projects.
     throw new UserError('--db and --pids-dir apply to a single --project');
   }
-  return sessionsFromConfig(config, roots, io.env);
+  return sessionsFromConfig(config, roots, io.env, runtime);
 }

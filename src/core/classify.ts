@@ -9,6 +9,7 @@
 // Marker patterns only recognise adapter-like processes; a marker alone is never evidence.
 
 import { collectTree, indexProcesses, isDead, matchesMarker, toTreeProcess, type ProcessIndex } from './process-tree.js';
+import { judgePidFileFacts } from './pid-file-rule.js';
 import { findSessions } from './sessions.js';
 import { ago, comparisonSlack, parseIsoEpoch, startEpoch } from './time.js';
 import {
@@ -433,25 +434,18 @@ function judgePidFile(f: PidFileEntry, index: ProcessIndex, clock: ClockInfo, sl
   const base = { path: f.path, name: f.name, pid: f.pid, agent: f.agent, ino: f.ino, dev: f.dev };
   if (f.pid === null) return { ...base, verdict: 'invalid', reason: f.invalidReason ?? 'invalid', process: null };
   const p = index.byPid.get(f.pid);
-  const members = index.groups.get(f.pid) ?? [];
-  if (!p || isDead(p)) {
-    if (members.length > 0) {
-      return { ...base, verdict: 'live', reason: `leader ${f.pid} is gone but ${members.length} member(s) of its group live`, process: null };
-    }
-    return {
-      ...base,
-      verdict: 'stale-dead',
-      reason: p ? `process ${f.pid} is a zombie (its memory is freed)` : `no process ${f.pid}`,
-      process: null,
-    };
-  }
-  const start = startEpoch(clock, p.startTicks);
-  if (f.mtimeEpoch === null || start > f.mtimeEpoch + slack) {
-    const what = p.argv.length ? p.argv.join(' ').slice(0, 60) : p.comm;
-    const after = f.mtimeEpoch === null ? '' : `, started ${Math.round(start - f.mtimeEpoch)}s after the file was written`;
-    return { ...base, verdict: 'stale-reused', reason: `pid ${f.pid} now belongs to \`${what}\`${after}`, process: null };
-  }
-  return { ...base, verdict: 'live', reason: `process ${f.pid} started before the file was written`, process: { pid: p.pid, startTicks: p.startTicks } };
+  const j = judgePidFileFacts({
+    pid: f.pid,
+    mtimeEpoch: f.mtimeEpoch,
+    process: p ? { state: p.state, startTicks: p.startTicks, what: p.argv.length ? p.argv.join(' ').slice(0, 60) : p.comm } : null,
+    liveGroupMembers: (index.groups.get(f.pid) ?? []).length,
+    clock,
+    slack,
+  });
+  // The table was read: 'unknown' only comes from an unknown boot time, which leaves the file as it is.
+  const verdict = j.verdict === 'unknown' ? 'live' : j.verdict;
+  const live = verdict === 'live' && p && !isDead(p) ? { pid: p.pid, startTicks: p.startTicks } : null;
+  return { ...base, verdict, reason: j.verdict === 'unknown' ? `${j.reason}: not judged (kept)` : j.reason, process: live };
 }
 
 function staleRun(run: RunRow, job: JobRow): StaleRunningRun {

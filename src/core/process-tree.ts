@@ -1,8 +1,13 @@
-import type { ProcessInfo, TreeProcess } from './types.js';
+import type { ProcessIdentity, ProcessInfo, TreeProcess } from './types.js';
 
 /** A zombie (or a dead task still listed) has freed its memory: it counts as dead. */
 export function isDead(p: Pick<ProcessInfo, 'state'>): boolean {
   return p.state === 'Z' || p.state === 'X' || p.state === 'x';
+}
+
+/** Same process: same pid and same start time (a pid seen with a new start time is a new process). */
+export function sameIdentity(a: ProcessIdentity, b: ProcessIdentity): boolean {
+  return a.pid === b.pid && a.startTicks === b.startTicks;
 }
 
 /** Marker patterns recognise adapter-like processes (a hint, never evidence). */

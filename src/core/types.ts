@@ -47,6 +47,14 @@ export interface ProcessIdentity {
 
 export type ProcState = string; // one letter from /proc/<pid>/stat: R S D Z T t X I P W K
 
+/** Identity and placement of one process, from one read (used right before a signal). */
+export interface LiveIdentity extends ProcessIdentity {
+  state: ProcState;
+  ppid: number;
+  pgid: number;
+  sid: number;
+}
+
 export interface ProcessInfo extends ProcessIdentity {
   ppid: number;
   pgid: number;

@@ -3,12 +3,12 @@
 
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { policyFromConfig, type Config } from '../config/schema.js';
-import { selfPlanContext } from '../effects/self.js';
+import type { Config } from '../config/schema.js';
+import { runtimeFromConfig } from '../session/runtime.js';
 import { buildServer } from '../http/app.js';
 import { WatchdogMetrics } from '../metrics/registry.js';
 import { watchedProcess } from '../sources/watched-process.js';
-import { sessionsFromConfig, type ProjectSessionOptions } from './collect.js';
+import { sessionsFromConfig, type ProjectSessionOptions } from '../session/project-session.js';
 import { createExecutor, explicitReap } from './executor.js';
 import { ChangeWatcher } from './watch.js';
 import { Watchdog } from './watchdog.js';
@@ -38,9 +38,9 @@ export async function createDaemon(
     storeOptions?: ProjectSessionOptions['storeOptions'];
   },
 ): Promise<Daemon> {
-  const policy = policyFromConfig(config);
-  const sessions = sessionsFromConfig(config, deps.roots, deps.env, deps.storeOptions);
-  const planContext = selfPlanContext(config.allowOtherUids, config.procRoot);
+  const runtime = runtimeFromConfig(config);
+  const { policy, planContext } = runtime;
+  const sessions = sessionsFromConfig(config, deps.roots, deps.env, runtime, deps.storeOptions);
   const executor = createExecutor({ auditLog: config.auditLog, killWaitSeconds: config.killWait, logger: deps.logger, planContext, gc: config.gc && !config.observeOnly });
   if (!config.observeOnly) {
     // No action without an audit trail: an unwritable log is refused at start, not at the first reap.

@@ -8,7 +8,7 @@ import { AuditLog, defaultAuditLogPath } from '../effects/audit-log.js';
 import { executePlan, summarise, type Actor } from '../effects/execute.js';
 import type { ApiReapRequest } from '../http/app.js';
 import { planDocument, resultsDocument } from '../effects/report.js';
-import type { ProjectSession } from './collect.js';
+import type { ProjectSession } from '../session/project-session.js';
 import type { ExecutionSummary, PlanExecutor, Watchdog } from './watchdog.js';
 
 export function createExecutor(opts: { auditLog: string | null; killWaitSeconds: number; logger: Logger; planContext: PlanContext; gc: boolean }): PlanExecutor & { audit: AuditLog } {

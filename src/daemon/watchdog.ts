@@ -7,7 +7,7 @@ import { nextGraceExpiry, plan, type Plan, type PlanContext, type Selection } fr
 import { SlidingTrend } from '../core/trend.js';
 import type { Policy, ProjectInventory } from '../core/types.js';
 import type { MetricsSource, ProcessMemory, WatchdogMetrics } from '../metrics/registry.js';
-import type { ProjectSession } from './collect.js';
+import type { ProjectSession } from '../session/project-session.js';
 
 /** What carries out a plan (effects). Injected: the daemon itself never signals anything. */
 export interface PlanExecutor {

@@ -17,6 +17,7 @@ import {
   type RecheckResult,
   type SessionRecheckResult,
 } from './kill-tree.js';
+import type { ProcessPort } from '../sources/process-port.js';
 import { selfPlanContext } from './self.js';
 import { removePidFile, removePidFileOfReapedTree, type PidFileResult, type RemovePidFileDeps } from './remove-pid-file.js';
 
@@ -33,6 +34,8 @@ export type ActionResult = (KillTreeResult & { pidFile?: PidFileResult }) | Kill
 export interface CollectingSession {
   collect(nowEpochSeconds?: number): ProjectInventory;
   readonly options: { policy: Policy };
+  /** The process port the session reads: re-checks before a signal or an unlink read the same one. */
+  readonly processes: ProcessPort;
 }
 
 export interface ExecuteOptions {
@@ -45,9 +48,8 @@ export interface ExecuteOptions {
   gc: boolean;
   /** For re-planning at re-verification (protections, uids, adoption race). Default: selfPlanContext(false). */
   planContext?: PlanContext;
-  /** Test seams, passed to killTree / removePidFile. */
-  killDeps?: Partial<Omit<KillTreeDeps, 'recheck' | 'killWaitMs' | 'signal'>>;
-  pidFileDeps?: RemovePidFileDeps;
+  /** Test seams, passed to killTree / killSession (the process port is the session's). */
+  killDeps?: Partial<Omit<KillTreeDeps, 'recheck' | 'killWaitMs' | 'signal' | 'processes'>>;
 }
 
 export interface ExecutionReport {
@@ -165,6 +167,8 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
     }
   }
 
+  // The unlink re-check reads the session's processes and applies the configured tolerance, as the classifier did.
+  const pidFileDeps: RemovePidFileDeps = { processes: opts.session.processes, toleranceSeconds: opts.session.options.policy.clockToleranceSeconds };
   const kills = p.actions.filter((a) => a.kind === 'kill-tree');
   const sessionKills = p.actions.filter((a) => a.kind === 'kill-session');
   const files = p.actions.filter((a) => a.kind === 'remove-pid-file');
@@ -177,6 +181,7 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
       // Never signalled, not even through a group: the watchdog and its ancestors.
       protectedPids: [ctx.selfPid, ...ctx.selfAncestors],
       ...opts.killDeps,
+      processes: opts.session.processes,
       recheck: () => recheckTree(opts.session, action, ctx, (inv) => (seen.pidsDir = inv.pidsDir)),
       killWaitMs: opts.killWaitMs,
       ...(opts.signal ? { signal: opts.signal } : {}),
@@ -184,7 +189,7 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
     // The tree's own pid file, once its top is gone or a zombie (stepwise's teardown would have removed it).
     if (opts.gc && result.outcome === 'ok' && action.tree.pidFile) {
       // The pids folder the fresh inventory used: removePidFile checks the file is directly inside it.
-      const pf = seen.pidsDir !== null ? removePidFileOfReapedTree(action.tree, seen.pidsDir, { ...opts.pidFileDeps, project: p.project }) : null;
+      const pf = seen.pidsDir !== null ? removePidFileOfReapedTree(action.tree, seen.pidsDir, { ...pidFileDeps, project: p.project }) : null;
       if (pf) {
         result.pidFile = pf;
         removedByKill.add(pf.path);
@@ -201,7 +206,8 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
     index += 1;
     const result = await killSession(action, {
       protectedPids: [ctx.selfPid, ...ctx.selfAncestors],
-      ...sessionDeps(opts.killDeps),
+      ...opts.killDeps,
+      processes: opts.session.processes,
       recheck: () => recheckSession(opts.session, action, ctx),
       killWaitMs: opts.killWaitMs,
       ...(opts.signal ? { signal: opts.signal } : {}),
@@ -221,7 +227,7 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
       report.notCarriedOut = files.length - index + 1;
       break;
     }
-    const result = removePidFile(action, opts.pidFileDeps ?? {}, 'gc');
+    const result = removePidFile(action, pidFileDeps, 'gc');
     report.results.push(result);
     if (!audit(result)) {
       report.notCarriedOut = files.length - index;
@@ -229,13 +235,6 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
     }
   }
   return report;
-}
-
-/** The kill test seams that apply to a session (no group is ever signalled there). */
-function sessionDeps(d: ExecuteOptions['killDeps']): Partial<Omit<KillTreeDeps, 'recheck' | 'killWaitMs' | 'signal' | 'groupMembers'>> {
-  if (!d) return {};
-  const { groupMembers: _unused, ...rest } = d;
-  return rest;
 }
 
 // ── summaries (CLI totals, daemon metrics, HTTP API) ──────────────────────────────────────────

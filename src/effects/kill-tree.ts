@@ -15,11 +15,11 @@
 //     server spawned stays a zombie child of the server until the server reaps it).
 //  4. Report per process. ESRCH = gone (success); EPERM = failure, reported once, never retried.
 
-import { readdirSync, readFileSync } from 'node:fs';
 import { SESSION_KILL_VERDICT, type KillSessionAction, type KillTreeAction, type RefusalCode } from '../core/plan.js';
-import type { AdapterSession, AdapterTree, AdapterVerdict, ProcessIdentity, SessionVerdict, TreeProcess } from '../core/types.js';
-import { parseStat } from '../sources/proc-stat.js';
-import { readIdentity as readIdentityFromProc, type LiveIdentity } from '../sources/processes.js';
+import { isDead, sameIdentity } from '../core/process-tree.js';
+import type { AdapterSession, AdapterTree, AdapterVerdict, LiveIdentity, SessionVerdict, TreeProcess } from '../core/types.js';
+import type { IdentityRead, ProcessPort } from '../sources/process-port.js';
+import { procPort } from '../sources/processes.js';
 
 export type SignalName = 'SIGTERM' | 'SIGKILL';
 
@@ -79,7 +79,8 @@ export type RecheckResult = AdapterTree | { refused: string; code?: KillSkipCode
 export interface KillTreeDeps {
   /** Re-collect the project and return the fresh tree with the same top identity, or why not. */
   recheck: () => RecheckResult;
-  readIdentity?: (pid: number) => LiveIdentity | null;
+  /** Where identities and group members are re-read: the same port the plan was made from. Default /proc. */
+  processes?: ProcessPort;
   /** Default process.kill. Must throw an error with `code` ESRCH / EPERM like process.kill. */
   kill?: (pid: number, signal: SignalName) => void;
   sleep?: (ms: number) => Promise<void>;
@@ -90,22 +91,13 @@ export interface KillTreeDeps {
   confirmWaitMs?: number;
   /** Aborting cancels the wait and the SIGKILL escalation (nothing more is signalled). */
   signal?: AbortSignal;
-  /** Live members of a process group, or null when that cannot be read. Default: a /proc scan. */
-  groupMembers?: (pgid: number) => LiveIdentity[] | null;
   /** Never signalled, not even through a group: the watchdog and its ancestors. Default [own pid, parent pid]. */
   protectedPids?: number[];
 }
 
 const REAPABLE: ReadonlySet<AdapterVerdict> = new Set(['leaked', 'orphaned']);
 const NEVER: ReadonlySet<AdapterVerdict> = new Set(['foreign', 'in-vm']);
-
-export function isDeadState(state: string): boolean {
-  return state === 'Z' || state === 'X' || state === 'x';
-}
-
-function same(a: ProcessIdentity, b: ProcessIdentity): boolean {
-  return a.pid === b.pid && a.startTicks === b.startTicks;
-}
+const same = sameIdentity;
 
 /**
  * Is `fresh` the same tree as `planned`? Same top identity (pid + start ticks); or, when the
@@ -119,31 +111,6 @@ export function sameTree(planned: AdapterTree, fresh: AdapterTree): boolean {
   const freshLeaderAlive = fresh.processes.some((p) => p.pid === fresh.topPid);
   if (freshLeaderAlive) return false;
   return fresh.processes.some((p) => p.pgid === fresh.topPid && planned.processes.some((q) => same(p, q)));
-}
-
-/** Live (non-zombie) members of a process group, from one /proc scan; null when /proc cannot be listed. */
-export function liveGroupMembers(pgid: number, procRoot = '/proc'): LiveIdentity[] | null {
-  let names: string[];
-  try {
-    names = readdirSync(procRoot);
-  } catch {
-    return null;
-  }
-  const out: LiveIdentity[] = [];
-  for (const name of names) {
-    const c = name.charCodeAt(0);
-    if (c < 48 || c > 57) continue;
-    let text: string;
-    try {
-      text = readFileSync(`${procRoot}/${name}/stat`, 'utf8');
-    } catch {
-      continue; // vanished meanwhile
-    }
-    const s = parseStat(text);
-    if (!s || s.pgrp !== pgid || isDeadState(s.state)) continue;
-    out.push({ pid: s.pid, startTicks: s.starttime, state: s.state, ppid: s.ppid, pgid: s.pgrp, sid: s.session });
-  }
-  return out;
 }
 
 function errCode(err: unknown): string | undefined {
@@ -207,7 +174,7 @@ interface Target {
 
 /** What the stages need: how to read an identity, signal, wait; what is never signalled. */
 interface Stage {
-  readIdentity: (pid: number) => LiveIdentity | null;
+  identity: (pid: number) => IdentityRead;
   kill: (pid: number, signal: SignalName) => void;
   sleep: (ms: number) => Promise<void>;
   pollMs: number;
@@ -217,13 +184,14 @@ interface Stage {
 }
 
 function stageOf(deps: KillTreeDeps | KillSessionDeps): Stage {
+  const processes = deps.processes ?? procPort();
   return {
-    readIdentity: deps.readIdentity ?? ((pid: number) => readIdentityFromProc(pid)),
+    identity: (pid: number) => processes.identity(pid),
     kill: deps.kill ?? ((pid: number, sig: SignalName) => void process.kill(pid, sig)),
     sleep: deps.sleep ?? defaultSleep,
     pollMs: deps.pollMs ?? 50,
     signal: deps.signal,
-    groupMembers: ('groupMembers' in deps && deps.groupMembers) || ((pgid: number) => liveGroupMembers(pgid)),
+    groupMembers: (pgid: number) => processes.groupMembers(pgid),
     protectedPids: new Set(deps.protectedPids ?? [process.pid, process.ppid]),
   };
 }
@@ -241,8 +209,12 @@ function verifyTargets(stage: Stage, planned: readonly TreeProcess[], fresh: rea
   const targets: Target[] = [];
   const outcomes: ProcessOutcome[] = [];
   for (const p of fresh) {
-    const now = stage.readIdentity(p.pid);
-    if (now === null || isDeadState(now.state)) {
+    const read = stage.identity(p.pid);
+    const now = read.kind === 'live' ? read.id : null;
+    if (read.kind === 'unknown') {
+      // Unreadable is unknown, never dead: not signalled, and the kill cannot be called done.
+      outcomes.push(newOutcome(p, 'still-alive', `identity unreadable (${read.error}): not signalled`));
+    } else if (now === null || isDead(now)) {
       outcomes.push(newOutcome(p, 'gone', 'exited before any signal'));
     } else if (now.startTicks !== p.startTicks) {
       // Its pid now names another process: the original is gone and the new one is not ours.
@@ -255,18 +227,27 @@ function verifyTargets(stage: Stage, planned: readonly TreeProcess[], fresh: rea
   }
   for (const p of planned) {
     if (fresh.some((q) => q.pid === p.pid)) continue;
-    const now = stage.readIdentity(p.pid);
-    if (now === null || now.startTicks !== p.startTicks || isDeadState(now.state)) outcomes.push(newOutcome(p, 'gone', 'exited since the plan'));
-    else outcomes.push(newOutcome(p, 'still-alive', leftNote));
+    const read = stage.identity(p.pid);
+    if (read.kind === 'gone' || (read.kind === 'live' && (read.id.startTicks !== p.startTicks || isDead(read.id)))) outcomes.push(newOutcome(p, 'gone', 'exited since the plan'));
+    else outcomes.push(newOutcome(p, 'still-alive', read.kind === 'unknown' ? `identity unreadable (${read.error}): not signalled` : leftNote));
   }
   return { targets, outcomes };
 }
 
-/** Re-read a target; close it when gone (or reused). Its live identity while it is the same process. */
+/**
+ * Re-read a target; close it when gone (or reused). Its live identity while it is the same
+ * process; null when it must not be signalled now (closed, or unreadable: then it stays open,
+ * unconfirmed, and ends as still alive unless a later read says otherwise).
+ */
 function current(stage: Stage, t: Target): LiveIdentity | null {
   if (!t.open) return null;
-  const now = stage.readIdentity(t.proc.pid);
-  if (now === null || isDeadState(now.state)) {
+  const read = stage.identity(t.proc.pid);
+  if (read.kind === 'unknown') {
+    t.outcome.note = `identity unreadable (${read.error}): not signalled`;
+    return null;
+  }
+  const now = read.kind === 'live' ? read.id : null;
+  if (now === null || isDead(now)) {
     t.open = false;
     t.outcome.result = 'gone';
     return null;
@@ -413,8 +394,8 @@ function recheckStage<T extends object>(stage: Stage, recheck: () => T | { refus
 /** Every planned process gone (or a zombie, or its pid now another process): nothing left to do. */
 function allPlannedGone(stage: Stage, planned: readonly TreeProcess[]): boolean {
   return planned.length > 0 && planned.every((p) => {
-    const now = stage.readIdentity(p.pid);
-    return now === null || now.startTicks !== p.startTicks || isDeadState(now.state);
+    const read = stage.identity(p.pid);
+    return read.kind === 'gone' || (read.kind === 'live' && (read.id.startTicks !== p.startTicks || isDead(read.id)));
   });
 }
 
@@ -475,7 +456,7 @@ export type SessionRecheckResult = { tree: AdapterTree; session: AdapterSession 
 export interface KillSessionDeps {
   /** Re-collect and re-plan: the fresh session with the same CLI identity, still to be stopped, or why not. */
   recheck: () => SessionRecheckResult;
-  readIdentity?: (pid: number) => LiveIdentity | null;
+  processes?: ProcessPort;
   kill?: (pid: number, signal: SignalName) => void;
   sleep?: (ms: number) => Promise<void>;
   killWaitMs?: number;

@@ -8,11 +8,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { RemovePidFileAction } from '../core/plan.js';
-import { comparisonSlack, startEpoch } from '../core/time.js';
-import type { AdapterTree, ClockInfo, PidFileStatus, PidFileVerdict } from '../core/types.js';
+import { judgePidFileFacts, type PidFileFacts } from '../core/pid-file-rule.js';
+import { isDead } from '../core/process-tree.js';
+import { comparisonSlack } from '../core/time.js';
+import { DEFAULT_POLICY, type AdapterTree, type PidFileStatus, type PidFileVerdict } from '../core/types.js';
 import { errText, isCode, PID_FILE_NAME, readPidFile } from '../sources/pid-files.js';
-import { readClock, readIdentity as readIdentityFromProc, type LiveIdentity } from '../sources/processes.js';
-import { isDeadState, liveGroupMembers } from './kill-tree.js';
+import type { ProcessPort } from '../sources/process-port.js';
+import { procPort } from '../sources/processes.js';
 
 export type PidFileOutcome = 'removed' | 'already-gone' | 'skipped' | 'failed';
 
@@ -34,11 +36,9 @@ export interface PidFileResult {
 }
 
 export interface RemovePidFileDeps {
-  readIdentity?: (pid: number) => LiveIdentity | null;
-  /** Live members of a process group (a pid file's pid leads its adapter's group), null when unreadable. */
-  groupMembers?: (pgid: number) => LiveIdentity[] | null;
-  clock?: () => ClockInfo;
-  /** Seconds of slack comparing a process start with the file's mtime (as the classifier's). Default 0.05. */
+  /** The process port the plan was made from (identity, group members, clock). Default /proc. */
+  processes?: ProcessPort;
+  /** The configured clockTolerance, as the classifier's (policy.clockToleranceSeconds). */
   toleranceSeconds?: number;
 }
 
@@ -68,27 +68,30 @@ function insidePidsDir(filePath: string, pidsDir: string): string | null {
 }
 
 /**
- * Is the pid file still stale? null when it is (with `why` set), else why not. `mtimeEpoch` is
- * the file's own mtime as just read.
+ * Is the pid file still stale? The classifier's own rule (core/pid-file-rule.ts), on facts read
+ * now through the same process port, with the configured tolerance. Unreadable facts keep it.
  */
 function stillStale(pid: number, mtimeEpoch: number, deps: RemovePidFileDeps): { stale: true; why: string; verdict: PidFileVerdict } | { stale: false; why: string } {
-  const readIdentity = deps.readIdentity ?? ((p: number) => readIdentityFromProc(p));
-  const groupMembers = deps.groupMembers ?? ((g: number) => liveGroupMembers(g));
-  const now = readIdentity(pid);
-  if (now === null || isDeadState(now.state)) {
-    // The leader is gone (or a zombie, memory freed) — but its group may live on.
-    const members = groupMembers(pid);
-    if (members === null) return { stale: false, why: `process ${pid} is gone but its group could not be listed: kept` };
-    const live = members.filter((m) => m.pid !== pid);
-    if (live.length > 0) return { stale: false, why: `leader ${pid} is gone but ${live.length} member(s) of its group live: kept` };
-    return { stale: true, verdict: 'stale-dead', why: now === null ? `no process ${pid}` : `process ${pid} is a zombie (its memory is freed)` };
-  }
-  const clock = (deps.clock ?? (() => readClock().clock))();
-  if (!Number.isFinite(clock.bootTimeErrorSeconds)) return { stale: false, why: `boot time unknown: cannot tell whether ${pid} started after the file: kept` };
-  const start = startEpoch(clock, now.startTicks);
-  const slack = comparisonSlack(clock, deps.toleranceSeconds ?? 0.05);
-  if (start > mtimeEpoch + slack) return { stale: true, verdict: 'stale-reused', why: `pid ${pid} now names a process that started ${Math.round(start - mtimeEpoch)}s after the file was written` };
-  return { stale: false, why: `process ${pid} is alive and started before the file was written: not stale` };
+  const processes = deps.processes ?? procPort();
+  const read = processes.identity(pid);
+  let process: PidFileFacts['process'];
+  if (read.kind === 'unknown') process = 'unknown';
+  else if (read.kind === 'gone') process = null;
+  else process = { state: read.id.state, startTicks: read.id.startTicks, what: (processes.argv(pid) ?? []).join(' ').slice(0, 60) || `pid ${pid}` };
+  // Only asked when the leader is gone: a full pass over the table.
+  const members = process === null || (process !== 'unknown' && isDead(process)) ? processes.groupMembers(pid) : [];
+  const { clock, error } = processes.clock();
+  const tolerance = deps.toleranceSeconds ?? DEFAULT_POLICY.clockToleranceSeconds;
+  const j = judgePidFileFacts({
+    pid,
+    mtimeEpoch,
+    process,
+    liveGroupMembers: members === null ? null : members.filter((m) => m.pid !== pid).length,
+    clock: error ? { ...clock, bootTimeErrorSeconds: Number.POSITIVE_INFINITY } : clock,
+    slack: comparisonSlack(clock, tolerance),
+  });
+  if (j.verdict === 'stale-dead' || j.verdict === 'stale-reused') return { stale: true, verdict: j.verdict, why: j.reason };
+  return { stale: false, why: `${j.reason}: ${j.verdict === 'unknown' ? 'kept (unknown is never dead)' : 'not stale'}` };
 }
 
 export function removePidFile(action: RemovePidFileAction, deps: RemovePidFileDeps = {}, trigger: PidFileResult['trigger'] = 'gc'): PidFileResult {

@@ -1,14 +1,16 @@
 // The watchdog never signals itself or any of its ancestors (the shell, the supervisor, the
-// container's init): they are walked once from /proc at start.
+// container's init): they are walked once through the process port at start.
 
 import type { PlanContext } from '../core/plan.js';
-import { readIdentity } from '../sources/processes.js';
+import type { ProcessPort } from '../sources/process-port.js';
+import { procPort } from '../sources/processes.js';
 
-export function selfAncestors(procRoot = '/proc', selfPid = process.pid): number[] {
+export function selfAncestors(processes: ProcessPort = procPort(), selfPid = process.pid): number[] {
   const out: number[] = [];
   let pid = selfPid;
   for (let i = 0; i < 1024; i++) {
-    const id = readIdentity(pid, procRoot);
+    const r = processes.identity(pid);
+    const id = r.kind === 'live' ? r.id : null;
     if (!id || id.ppid <= 0 || out.includes(id.ppid)) break;
     out.push(id.ppid);
     if (id.ppid === 1) break;
@@ -17,10 +19,10 @@ export function selfAncestors(procRoot = '/proc', selfPid = process.pid): number
   return out;
 }
 
-export function selfPlanContext(allowOtherUids: boolean, procRoot = '/proc'): PlanContext {
+export function selfPlanContext(allowOtherUids: boolean, processes: ProcessPort = procPort()): PlanContext {
   return {
     selfPid: process.pid,
-    selfAncestors: selfAncestors(procRoot),
+    selfAncestors: selfAncestors(processes),
     selfUid: typeof process.getuid === 'function' ? process.getuid() : null,
     allowOtherUids,
   };

@@ -15,7 +15,9 @@
 // A daemon can pass an ArgvCache to skip re-reading unchanged argvs.
 
 import { readFileSync, readdirSync, readlinkSync, openSync, readSync, closeSync } from 'node:fs';
-import type { ClockInfo, ProcessIdentity, ProcessInfo, ProcessTable, ProcState, SourceHealth } from '../core/types.js';
+import { isDead, sameIdentity } from '../core/process-tree.js';
+import type { ClockInfo, LiveIdentity, ProcessInfo, ProcessTable, SourceHealth } from '../core/types.js';
+import type { IdentityRead, ProcessPort, TableOptions } from './process-port.js';
 import { isKernelThread, parseBtime, parseCmdline, parseStat, parseStatusUidAndSwap, parseUptime } from './proc-stat.js';
 
 export const DEFAULT_PROC_ROOT = '/proc';
@@ -103,13 +105,7 @@ export interface ProcessTableResult {
   unreadablePids: number[];
 }
 
-/** Identity and placement of one process, from one stat read (used right before a signal). */
-export interface LiveIdentity extends ProcessIdentity {
-  state: ProcState;
-  ppid: number;
-  pgid: number;
-  sid: number;
-}
+export type { LiveIdentity };
 
 /** The process went away between listing and reading: normal, never counted as an error. */
 function vanished(err: unknown): boolean {
@@ -349,24 +345,28 @@ function selectForDetails(
   return selected;
 }
 
-/** One stat read: the process's identity and placement now, or null when it is gone or unreadable. */
-export function readIdentity(pid: number, procRoot: string = DEFAULT_PROC_ROOT): LiveIdentity | null {
-  if (!Number.isSafeInteger(pid) || pid <= 0) return null;
+/** One stat read of one pid: live (zombies included), provably gone (ENOENT/ESRCH), or unknown. */
+export function readIdentityOf(pid: number, procRoot: string = DEFAULT_PROC_ROOT): IdentityRead {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return { kind: 'gone' };
   let text: string;
   try {
     text = readFileSync(`${procRoot}/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
+  } catch (err) {
+    return vanished(err) ? { kind: 'gone' } : { kind: 'unknown', error: `${errorCode(err)} ${procRoot}/${pid}/stat` };
   }
   const s = parseStat(text);
-  if (s === null || s.pid !== pid) return null;
-  return { pid, startTicks: s.starttime, state: s.state, ppid: s.ppid, pgid: s.pgrp, sid: s.session };
+  if (s === null || s.pid !== pid) return { kind: 'unknown', error: `malformed ${procRoot}/${pid}/stat` };
+  return { kind: 'live', id: { pid, startTicks: s.starttime, state: s.state, ppid: s.ppid, pgid: s.pgrp, sid: s.session } };
 }
 
-/** Same process: same pid and same start time (a pid seen with a new start time is a new process). */
-export function sameProcess(a: ProcessIdentity, b: ProcessIdentity): boolean {
-  return a.pid === b.pid && a.startTicks === b.startTicks;
+/** The identity when readable and present, else null (gone OR unknown: callers that must tell them apart use readIdentityOf). */
+export function readIdentity(pid: number, procRoot: string = DEFAULT_PROC_ROOT): LiveIdentity | null {
+  const r = readIdentityOf(pid, procRoot);
+  return r.kind === 'live' ? r.id : null;
 }
+
+/** Same process: same pid and same start time (core's one rule, re-exported for readers of this module). */
+export const sameProcess = sameIdentity;
 
 /** The process's working directory (readlink of /proc/<pid>/cwd), or null when unreadable or gone. */
 export function readCwd(pid: number, procRoot: string = DEFAULT_PROC_ROOT): string | null {
@@ -376,4 +376,69 @@ export function readCwd(pid: number, procRoot: string = DEFAULT_PROC_ROOT): stri
   } catch {
     return null;
   }
+}
+
+/** Live (non-zombie) members of a process group, from one stat pass; null when the root cannot be listed. */
+function groupMembersOf(pgid: number, procRoot: string): LiveIdentity[] | null {
+  let names: string[];
+  try {
+    names = readdirSync(procRoot);
+  } catch {
+    return null;
+  }
+  const out: LiveIdentity[] = [];
+  for (const name of names) {
+    const c = name.charCodeAt(0);
+    if (c < 48 || c > 57) continue;
+    const r = readIdentityOf(Number(name), procRoot);
+    // A process that vanished meanwhile is not a member; one whose stat cannot be read might be:
+    // the caller cannot tell, so the answer is "unknown" as a whole.
+    if (r.kind === 'unknown') return null;
+    if (r.kind === 'live' && r.id.pgid === pgid && !isDead(r.id)) out.push(r.id);
+  }
+  return out;
+}
+
+function readMemory(pid: number, procRoot: string): { rssBytes: number; swapBytes: number } | null {
+  const id = readIdentity(pid, procRoot);
+  if (!id || isDead(id)) return null;
+  try {
+    const status = parseStatusUidAndSwap(readFileSync(`${procRoot}/${pid}/status`, 'utf8'));
+    return { rssBytes: status.rssBytes ?? 0, swapBytes: status.swapBytes ?? 0 };
+  } catch {
+    return null;
+  }
+}
+
+function readArgv(pid: number, procRoot: string): string[] | null {
+  try {
+    return parseCmdline(readFileSync(`${procRoot}/${pid}/cmdline`));
+  } catch {
+    return null;
+  }
+}
+
+function readMemAvailable(procRoot: string): number | null {
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync(`${procRoot}/meminfo`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The Linux implementation of the process-table port: /proc under `procRoot`. */
+export function procPort(procRoot: string = DEFAULT_PROC_ROOT): ProcessPort {
+  return {
+    kind: 'proc',
+    root: procRoot,
+    table: (opts: TableOptions = {}) => readProcessTable({ ...opts, procRoot }),
+    identity: (pid) => readIdentityOf(pid, procRoot),
+    groupMembers: (pgid) => groupMembersOf(pgid, procRoot),
+    argv: (pid) => readArgv(pid, procRoot),
+    cwd: (pid) => readCwd(pid, procRoot),
+    memory: (pid) => readMemory(pid, procRoot),
+    clock: () => readClock({ procRoot }),
+    memAvailableBytes: () => readMemAvailable(procRoot),
+  };
 }

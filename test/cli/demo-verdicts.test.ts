@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ProjectSession as Session } from '../../src/daemon/collect.js';
+import type { ProjectSession as Session } from '../../src/session/project-session.js';
 import type { buildDemoProject as Build, DemoProject } from '../../src/demo/scenario.js';
 import type { ProjectInventory } from '../../src/core/types.js';
 import { DEFAULT_POLICY } from '../../src/core/types.js';
@@ -17,9 +17,9 @@ let project: DemoProject | null = null;
 let inv: ProjectInventory;
 
 beforeAll(async () => {
-  built = buildCli(['demo/scenario.js', 'demo/stand-in-server.js', 'daemon/collect.js']);
+  built = buildCli(['demo/scenario.js', 'demo/stand-in-server.js', 'session/project-session.js']);
   const { buildDemoProject } = (await import(`${built.outDir}/demo/scenario.js`)) as { buildDemoProject: typeof Build };
-  const { ProjectSession } = (await import(`${built.outDir}/daemon/collect.js`)) as { ProjectSession: typeof Session };
+  const { ProjectSession } = (await import(`${built.outDir}/session/project-session.js`)) as { ProjectSession: typeof Session };
   const policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 2, terminalGraceSeconds: 2 };
   project = await buildDemoProject({ holdMb: 1, spawnGraceSeconds: 2, terminalGraceSeconds: 2, topKilled: true });
   const session = new ProjectSession({ root: project.root, policy, env: {} });
@@ -102,8 +102,7 @@ describe('every verdict, real processes', () => {
     expect(killed.map(pidFile)).toEqual([true, false]);
   });
 
-  // Needs the classifier that judges leaderless groups (issue 11, lead): remove `.skip` then.
-  it.skip('top-killed trees: the paused one stays paused, the failed one without pid file is leaked', () => {
+  it('top-killed trees: the paused one stays paused, the failed one without pid file is leaked', () => {
     for (const t of project!.trees.filter((x) => x.topKilled)) {
       const tree = inv.adapters.find((a) => a.topPid === t.topPid && a.verdict !== 'in-vm');
       expect(tree, `${t.name}: tree ${t.topPid}`).toBeDefined();

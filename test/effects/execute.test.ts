@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { plan, type Selection } from '../../src/core/plan.js';
 import { DEFAULT_POLICY, type Policy } from '../../src/core/types.js';
-import { ProjectSession } from '../../src/daemon/collect.js';
+import { ProjectSession } from '../../src/session/project-session.js';
 import { AuditLog, type AuditRecord } from '../../src/effects/audit-log.js';
 import { executePlan, summarise, type ActionResult } from '../../src/effects/execute.js';
 import { selfPlanContext } from '../../src/effects/self.js';

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { plan, type KillSessionAction } from '../../src/core/plan.js';
 import { DEFAULT_POLICY } from '../../src/core/types.js';
-import { ProjectSession } from '../../src/daemon/collect.js';
+import { ProjectSession } from '../../src/session/project-session.js';
 import { AuditLog } from '../../src/effects/audit-log.js';
 import { executePlan } from '../../src/effects/execute.js';
 import { selfPlanContext } from '../../src/effects/self.js';

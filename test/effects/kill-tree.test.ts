@@ -3,11 +3,12 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { plan, type KillTreeAction, type PlanContext } from '../../src/core/plan.js';
 import { DEFAULT_POLICY, type AdapterTree, type Policy } from '../../src/core/types.js';
-import { ProjectSession } from '../../src/daemon/collect.js';
+import { ProjectSession } from '../../src/session/project-session.js';
 import { recheckTree } from '../../src/effects/execute.js';
 import { killTree, sameTree, type SignalName } from '../../src/effects/kill-tree.js';
 import { selfPlanContext } from '../../src/effects/self.js';
-import { readIdentity } from '../../src/sources/processes.js';
+import type { ProcessPort } from '../../src/sources/process-port.js';
+import { procPort, readIdentity } from '../../src/sources/processes.js';
 import { aliveSame, createTempProject, goneOrZombie, waitUntil, type TempProject } from '../helpers/temp-project.js';
 
 const policy: Policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 0, terminalGraceSeconds: 30 };
@@ -144,11 +145,15 @@ describe('killTree', () => {
     const calls: { pid: number; sig: SignalName }[] = [];
     // Simulated reuse: the grandchild's pid reads with a new start time (as if it had exited and
     // its pid been given to an unrelated process).
-    const fakeRead = (pid: number) => {
-      const id = readIdentity(pid);
-      return id && pid === grandchild.pid ? { ...id, startTicks: id.startTicks + 7 } : id;
+    const real = procPort();
+    const processes: ProcessPort = {
+      ...real,
+      identity: (pid) => {
+        const r = real.identity(pid);
+        return r.kind === 'live' && pid === grandchild.pid ? { kind: 'live', id: { ...r.id, startTicks: r.id.startTicks + 7 } } : r;
+      },
     };
-    const r = await killTree(action, { recheck: recheck(action), readIdentity: fakeRead, kill: recordingKill(calls), killWaitMs: 2000 });
+    const r = await killTree(action, { recheck: recheck(action), processes, kill: recordingKill(calls), killWaitMs: 2000 });
     expect(calls.some((c) => c.pid === grandchild.pid)).toBe(false);
     expect(r.processes.find((p) => p.pid === grandchild.pid)?.result).toBe('skipped-identity-changed');
     expect(aliveSame(grandchild)).toBe(true);

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { plan, type RemovePidFileAction } from '../../src/core/plan.js';
 import { DEFAULT_POLICY, type PidFileStatus } from '../../src/core/types.js';
-import { ProjectSession } from '../../src/daemon/collect.js';
+import { ProjectSession } from '../../src/session/project-session.js';
 import { removePidFile, removePidFileOfReapedTree } from '../../src/effects/remove-pid-file.js';
 import { selfPlanContext } from '../../src/effects/self.js';
 import { readIdentity } from '../../src/sources/processes.js';
@@ -81,7 +81,7 @@ describe('removePidFile', () => {
     // Even if asked (a stale verdict by mistake), the re-check right before unlink refuses.
     const r = removePidFile(forcedAction(a.pidFile!, a.tree.topPid));
     expect(r.outcome).toBe('skipped');
-    expect(r.detail).toMatch(/alive and started before/);
+    expect(r.detail).toMatch(/started before the file was written: not stale/);
     expect(fs.existsSync(a.pidFile!)).toBe(true);
   });
 

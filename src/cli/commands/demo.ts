@@ -8,7 +8,7 @@ import path from 'node:path';
 import { actionBytes, nextGraceExpiry, plan } from '../../core/plan.js';
 import { mib, renderStatus, totals } from '../../core/report.js';
 import { DEFAULT_POLICY, type Policy } from '../../core/types.js';
-import { ProjectSession } from '../../daemon/collect.js';
+import { ProjectSession } from '../../session/project-session.js';
 import { buildDemoProject, type DemoProject } from '../../demo/scenario.js';
 import { AuditLog } from '../../effects/audit-log.js';
 import { executePlan, summarise } from '../../effects/execute.js';
@@ -43,9 +43,8 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
   const holdMb = Number(opts.holdMb ?? 24);
   if (!Number.isFinite(holdMb) || holdMb < 0 || holdMb > 512) throw new UserError(`--hold-mb ${JSON.stringify(opts.holdMb)}: must be a number of MiB from 0 to 512`);
   const keep = opts.keep === true;
-  // Off by default until the classifier judges leaderless groups (issue 11): the paused job's
-  // top-killed tree would otherwise read as orphaned.
-  const topKilled = opts.topKilled === true;
+  // Two trees whose top died (node + CLI live on in the dead leader's group): on unless --no-top-killed.
+  const topKilled = opts.topKilled !== false;
   // Short graces so the demo can show `unreferenced` and reap without waiting a minute.
   const policy: Policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 3, terminalGraceSeconds: 3 };
   const say = (line = '') => io.stdout(`${line}\n`);

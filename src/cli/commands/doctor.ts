@@ -5,9 +5,8 @@ import path from 'node:path';
 import { plan } from '../../core/plan.js';
 import { totals } from '../../core/report.js';
 import type { ProjectInventory } from '../../core/types.js';
-import { policyFromConfig } from '../../config/schema.js';
 import { hooksInstalled } from '../../hooks/install.js';
-import { selfPlanContext } from '../../effects/self.js';
+import { runtimeFromConfig } from '../../session/runtime.js';
 import { configFrom, openSessions } from '../context.js';
 import { EXIT, type CliIO } from '../io.js';
 import { guardStatus, resolveEnv, sessionClosingText } from './guard.js';
@@ -34,8 +33,9 @@ async function daemonReachable(listen: string): Promise<string | null> {
 
 export default async function doctor(opts: Record<string, unknown>, io: CliIO): Promise<number> {
   const config = configFrom(opts, io);
-  const policy = policyFromConfig(config);
-  const sessions = openSessions(config, io);
+  const runtime = runtimeFromConfig(config);
+  const { policy } = runtime;
+  const sessions = openSessions(config, runtime, io);
   const report: { root: string; checks: Check[] }[] = [];
   let sourceDown = false;
   try {
@@ -105,7 +105,7 @@ export default async function doctor(opts: Record<string, unknown>, io: CliIO): 
           force: false,
           gc: !config.observeOnly && config.gc,
         },
-        selfPlanContext(config.allowOtherUids, config.procRoot),
+        runtime.planContext,
       );
       const kills = p.actions.filter((a) => a.kind === 'kill-tree');
       const files = p.actions.filter((a) => a.kind === 'remove-pid-file');

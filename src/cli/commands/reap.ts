@@ -36,15 +36,15 @@
 //                  results: null (dry run) | [...] (effects/report.ts resultsDocument), auditError }] }
 
 import path from 'node:path';
-import { policyFromConfig, type Config } from '../../config/schema.js';
+import type { Config } from '../../config/schema.js';
 import { mib } from '../../core/report.js';
 import { actionBytes, plan as makePlan, type Plan, type PlannedAction, type Refusal, type Selection } from '../../core/plan.js';
 import type { ProjectInventory } from '../../core/types.js';
-import type { ProjectSession } from '../../daemon/collect.js';
+import type { ProjectSession } from '../../session/project-session.js';
 import { AuditLog, AuditLogError, defaultAuditLogPath } from '../../effects/audit-log.js';
 import { executePlan, summarise, type ActionResult, type ExecutionReport } from '../../effects/execute.js';
 import { planDocument, resultsDocument } from '../../effects/report.js';
-import { selfPlanContext } from '../../effects/self.js';
+import { runtimeFromConfig, type Runtime } from '../../session/runtime.js';
 import { configFrom, openSessions } from '../context.js';
 import { EXIT, UserError, type CliIO } from '../io.js';
 
@@ -82,8 +82,8 @@ export default async function reap(opts: Record<string, unknown>, io: CliIO): Pr
 /** Shared by `reap` and `gc`: collect → plan → (dry run | execute) → print → exit code. */
 export async function runPlanCommand(command: Command, selection: Selection, opts: Record<string, unknown>, io: CliIO): Promise<number> {
   const config = configFrom(opts, io);
-  const policy = policyFromConfig(config);
-  const ctx = selfPlanContext(config.allowOtherUids, config.procRoot);
+  const runtime = runtimeFromConfig(config);
+  const { policy, planContext: ctx } = runtime;
   const yes = opts.yes === true;
   const json = opts.json === true;
   const auditPath = config.auditLog ?? defaultAuditLogPath(io.env);
@@ -101,14 +101,14 @@ export async function runPlanCommand(command: Command, selection: Selection, opt
     }
   }
 
-  const sessions = openSessions(config, io);
+  const sessions = openSessions(config, runtime, io);
   const runs: ProjectRun[] = [];
   try {
     for (const session of sessions) {
       const inv = session.collect();
       const p = makePlan(inv, policy, selection, ctx);
       let report: ExecutionReport | null = null;
-      if (audit) report = await execute(p, session, audit, config, io);
+      if (audit) report = await execute(p, session, audit, config, runtime, io);
       runs.push({ inv, plan: p, report });
     }
   } finally {
@@ -122,7 +122,7 @@ export async function runPlanCommand(command: Command, selection: Selection, opt
   return code;
 }
 
-function execute(p: Plan, session: ProjectSession, audit: AuditLog, config: Config, io: CliIO): Promise<ExecutionReport> {
+function execute(p: Plan, session: ProjectSession, audit: AuditLog, config: Config, runtime: Runtime, io: CliIO): Promise<ExecutionReport> {
   return executePlan(p, {
     session,
     actor: 'cli',
@@ -131,7 +131,7 @@ function execute(p: Plan, session: ProjectSession, audit: AuditLog, config: Conf
     signal: io.stopSignal,
     // A reaped tree's own pid file goes with it; unrelated stale files are left to `gc`.
     gc: true,
-    planContext: selfPlanContext(config.allowOtherUids, config.procRoot),
+    planContext: runtime.planContext,
   });
 }
 

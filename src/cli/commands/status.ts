@@ -1,12 +1,13 @@
 import { renderStatus, statusDocument } from '../../core/report.js';
 import type { ProjectInventory } from '../../core/types.js';
+import { runtimeFromConfig } from '../../session/runtime.js';
 import { configFrom, openSessions } from '../context.js';
 import { EXIT, type CliIO } from '../io.js';
 
 /** `status`: read-only. Exit 0 when every source was read, 3 with a one-line reason otherwise. */
 export default async function status(opts: Record<string, unknown>, io: CliIO): Promise<number> {
   const config = configFrom(opts, io);
-  const sessions = openSessions(config, io);
+  const sessions = openSessions(config, runtimeFromConfig(config), io);
   const inventories: ProjectInventory[] = [];
   try {
     for (const s of sessions) inventories.push(s.collect());

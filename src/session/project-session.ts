@@ -2,14 +2,16 @@
 // aborts the cycle) → the pure classifier → an inventory. Long-lived in the daemon (the store
 // reader keeps its incremental index), short-lived in one-shot commands.
 
-import { policyFromConfig, type Config } from '../config/schema.js';
+import type { Config } from '../config/schema.js';
 import { classify } from '../core/classify.js';
 import { isDead, matchesMarker } from '../core/process-tree.js';
 import { resolveServer } from '../core/server.js';
 import { startEpoch } from '../core/time.js';
 import type { Policy, ProjectInventory, SourceHealth } from '../core/types.js';
 import { readPidFiles } from '../sources/pid-files.js';
-import { ArgvCache, readCwd, readProcessTable } from '../sources/processes.js';
+import type { ProcessPort } from '../sources/process-port.js';
+import type { Runtime } from './runtime.js';
+import { ArgvCache, procPort } from '../sources/processes.js';
 import { projectPaths, readServerPidFile, resolvePidsDir, type ProjectPaths } from '../sources/project.js';
 import { StoreReader, type StoreReaderOptions } from '../sources/store.js';
 
@@ -17,7 +19,8 @@ export interface ProjectSessionOptions {
   root: string;
   db?: string | null;
   pidsDir?: string | null;
-  procRoot?: string;
+  /** The process-table port (one per run, shared with the effects). Default: /proc. */
+  processes?: ProcessPort;
   env?: NodeJS.ProcessEnv;
   storeBusyMs?: number;
   policy: Policy;
@@ -28,7 +31,7 @@ export interface ProjectSessionOptions {
 export class ProjectSession {
   readonly paths: ProjectPaths;
   readonly store: StoreReader;
-  private readonly procRoot: string;
+  readonly processes: ProcessPort;
   /**
    * argv of processes already seen (same pid, start time and comm), pruned every read: keeps
    * a daemon's cycle near the cost of reading stat alone. A marker is only a hint, so the rare
@@ -38,7 +41,7 @@ export class ProjectSession {
 
   constructor(readonly options: ProjectSessionOptions) {
     this.paths = projectPaths(options.root, { db: options.db ?? null, pidsDir: options.pidsDir ?? null, env: options.env ?? {} });
-    this.procRoot = options.procRoot ?? '/proc';
+    this.processes = options.processes ?? procPort();
     this.store = new StoreReader({ ...options.storeOptions, dbPath: this.paths.dbPath, busyTimeoutMs: options.storeBusyMs ?? 2000 });
   }
 
@@ -57,8 +60,7 @@ export class ProjectSession {
     // Pid files can only be located once the server's cwd is known, but the process table read
     // wants their pids to decide which processes need details: read the default folder's names
     // first only when an override is given; otherwise details are chosen by marker and server.
-    const procs = readProcessTable({
-      procRoot: this.procRoot,
+    const procs = this.processes.table({
       argvCache: this.argvCache,
       detailFor: (p) => p.pid === serverPid || p.ppid === serverPid || matchesMarker(p.argv, policy.markers) || this.interesting.has(p.pid) || this.interesting.has(p.pgid),
     });
@@ -68,7 +70,7 @@ export class ProjectSession {
     const serverT0 = performance.now();
     if (table && serverPid !== null) {
       const p = table.processes.find((x) => x.pid === serverPid);
-      if (p) p.cwd = readCwd(serverPid, this.procRoot);
+      if (p) p.cwd = this.processes.cwd(serverPid);
     }
     const server = resolveServer(serverFile.pidFile, serverFile.problem, table, policy.clockToleranceSeconds);
     // A missing server.pid is a stopped server, not a fault. An unreadable one, or a live
@@ -155,16 +157,17 @@ export function sessionsFromConfig(
   config: Config,
   roots: string[],
   env: NodeJS.ProcessEnv,
+  runtime: Pick<Runtime, 'policy' | 'processes'>,
   storeOptions?: ProjectSessionOptions['storeOptions'],
 ): ProjectSession[] {
-  const policy = policyFromConfig(config);
+  const { policy, processes } = runtime;
   return roots.map(
     (root) =>
       new ProjectSession({
         root,
         db: config.db,
         pidsDir: config.pidsDir,
-        procRoot: config.procRoot,
+        processes,
         env,
         storeBusyMs: config.storeBusyMs,
         policy,

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_POLICY } from '../../src/core/types.js';
-import { ProjectSession } from '../../src/daemon/collect.js';
+import { ProjectSession } from '../../src/session/project-session.js';
 import { spawnFakeTree, spawnOrphanTree, spawnZombie, type FakeTree } from '../../src/sources/fake-adapter.js';
 import { readIdentity } from '../../src/sources/processes.js';
 import { agentExecutorState, insertJob, insertRun, pyIsoformat } from '../../src/sources/stepwise-schema.js';
