@@ -4,6 +4,10 @@
 //
 //   REAL_ADAPTER=1 STEPWISE_SRC=/path/to/stepwise npx vitest run test/integration/real-adapter.test.ts
 //
+// Optional: REAL_ADAPTER_CACHE (the toolchain's folder), REAL_ADAPTER_GUARD_DIR (the release
+// guard to load, default deploy/stepwise), REAL_ADAPTER_WATCHDOG_BIN (a built bin.js to test
+// instead of building this checkout), STEPWISE_PYTHON, KEEP_REAL_ADAPTER_TMP=1.
+//
 // Without both variables every test here is skipped. With them:
 //
 // 1. real-adapter-install.ts installs Node 22, npm and the pinned adapter from the npm registry
@@ -398,7 +402,10 @@ if (!ENABLED) {
     const home = path.join(tmp, 'home'); // the CLI writes its transcripts under $HOME/.claude
     fs.mkdirSync(home);
     cliEnv = { PATH: process.env.PATH, XDG_STATE_HOME: path.join(tmp, 'state') };
-    built = buildCli(['cli/commands/status.js', 'cli/commands/reap.js']);
+    // REAL_ADAPTER_WATCHDOG_BIN: an already built CLI (e.g. dist/cli/bin.js of another checkout).
+    const bin = process.env.REAL_ADAPTER_WATCHDOG_BIN;
+    built = bin ? { bin: path.resolve(bin), outDir: path.dirname(path.dirname(path.resolve(bin))), cleanup: () => {} } : buildCli(['cli/commands/status.js', 'cli/commands/reap.js']);
+    notes.push(`watchdog CLI: ${built.bin}`);
 
     // The stand-in: 127.0.0.1, any free port.
     standin = new LineChild(PYTHON, [STANDIN, '--max-lifetime', '3600'], { cwd: tmp, env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' } });
