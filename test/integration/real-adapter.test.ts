@@ -641,7 +641,7 @@ if (!ENABLED) {
     it('reap --sessions --yes: the abandoned session CLI is gone within seconds; the adapter and the running session live on', async () => {
       const audit = path.join(tmp, 'audit-sessions.jsonl');
       const r = await cli(['reap', '--sessions', '--yes', '--json', '--project', rootA, ...GRACES, '--audit-log', audit]);
-      notes.push(`reap --sessions --yes: exit ${r.code}; ${r.stdout.slice(0, 1500)}`);
+      notes.push(`reap --sessions --yes: exit ${r.code}; totals ${JSON.stringify((JSON.parse(r.stdout || '{}') as { totals?: unknown }).totals)}`);
       expect(r.code, `${r.stderr}\n${r.stdout.slice(0, 3000)}`).toBe(0);
       const gone = await waitFor(() => isGoneOrZombie(ids['shared-abandoned:cli']!), 5000);
       expect(gone, describeProc(sc('shared-abandoned').cliPid)).toBe(true);
@@ -652,7 +652,8 @@ if (!ENABLED) {
       const records = fs.readFileSync(audit, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
       const sessionRecords = records.filter((x) => x.kind === 'kill-session' || x.action === 'kill-session');
       expect(sessionRecords, JSON.stringify(records)).toHaveLength(1);
-      expect(sessionRecords[0]).toMatchObject({ outcome: 'ok' });
+      expect(sessionRecords[0]).toMatchObject({ outcome: 'ok', session: { sessionId: sc('shared-abandoned').sessionId, pid: sc('shared-abandoned').cliPid } });
+      expect(sessionRecords[0]!.groupSignals ?? [], 'a session is stopped by pid, never by group').toEqual([]);
       expect(records.filter((x) => x.action === 'kill-tree')).toEqual([]);
     }, 90_000);
 
