@@ -12,7 +12,15 @@ from inside the server process:
   saved through the store by any other path), the engine's resource managers release that
   job, once per terminal transition (nothing is added when the engine released it itself);
 * a resource acquired for a job that is already terminal is released right after the
-  acquisition.
+  acquisition;
+* ACP sessions nothing can use again are closed with stepwise's own
+  ``ACPClient.close_session`` (ACP ``session/close``, which ends that session's ``claude``
+  CLI and nothing else): a released job's sessions on an adapter that other jobs keep alive,
+  and a finished step run's session when stepwise's session rules say no later step run can
+  resume it (no named session, no ``continue_session``, no ``fork_from`` pointing at it).
+  A session is never closed while its turn runs; the calls are made on one daemon thread of
+  the guard, never on the engine's. stepwise <= 0.46.1 never closes a session, so without
+  this a shared adapter keeps one CLI (~170 MB) per session it ever opened.
 
 It changes nothing else: every wrapped method calls its original exactly once, with the same
 arguments, and returns its result or raises its exception unchanged; the guard's own
@@ -23,7 +31,9 @@ virtualenv's site-packages does that in every interpreter start). Importing is c
 it only installs an import hook; nothing is patched and stepwise is not imported until the
 process itself imports ``stepwise.engine``. At that point the guard checks that the engine
 has every method it relies on; if one is missing (another stepwise version) it disables
-itself with one warning and patches nothing.
+itself with one warning and patches nothing. Session closing has its own check (the ACP
+backend and client methods, ``SQLiteStore.save_run``): when that fails only session
+closing is off, with one warning.
 
 In a stepwise *server* process the guard records its state in
 ``<project>/.stepwise/release-guard.json`` (written atomically) so that stepwise-watchdog
@@ -33,7 +43,7 @@ can report it. Set ``STEPWISE_RELEASE_GUARD=0`` to turn the guard off without un
 import os
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 GUARD_NAME = "stepwise_release_guard"
 LOGGER_NAME = "stepwise_release_guard"
@@ -49,6 +59,24 @@ TERMINAL_EVENTS = {
 }
 
 DEFAULT_MEMO_CAP = 4096
+
+#: step run statuses after which a run's agent turn is over for good
+FINISHED_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "skipped"})
+#: keys of an agent step's spawn config that tie its session to other step runs:
+#: ``_session_name`` (a named session, or the legacy ``continue_session`` / ``_session_id``
+#: input), ``_session_uuid`` (it continues a session), ``continue_session`` (legacy).
+_NAMED_SESSION_KEYS = ("_session_name", "_session_uuid", "continue_session", "_prev_session_name")
+_CLOSE_STATS = {
+    "release": "sessions_closed_on_release",
+    "step-finished": "sessions_closed_after_step",
+    "terminal-job": "sessions_closed_terminal_job",
+}
+_CLOSE_WHY = {
+    "release": "its job released this adapter, which other jobs keep alive",
+    "step-finished": "its step run finished and nothing can resume the session",
+    "terminal-job": "its turn ended after its job had become terminal",
+}
+SESSION_CLOSE_QUEUE_CAP = 1024
 
 _WRAPPER_FLAG = "__stepwise_release_guard__"
 _MISSING = object()
@@ -117,6 +145,135 @@ class _JobRecord:
         self.terminal = False
         self.gen = 0  # number of non-terminal -> terminal transitions seen
         self.released_gen = -1  # transition for which a release has been done
+
+
+class _SpawnFrame:
+    """One ACPBackend.spawn call in progress on this thread."""
+
+    __slots__ = ("lifecycle", "job_id", "step_name", "attempt", "named", "opened")
+
+    def __init__(self, lifecycle, job_id, step_name, attempt, named):
+        self.lifecycle = lifecycle
+        self.job_id = job_id
+        self.step_name = step_name
+        self.attempt = attempt
+        self.named = named
+        self.opened = []  # session keys opened inside this spawn
+
+
+class _SessionRecord:
+    """An ACP session the engine opened for a step run, in one adapter."""
+
+    __slots__ = ("key", "client_ref", "lifecycle_ref", "session_id", "job_id", "step_name",
+                 "attempt", "how", "named", "in_turn", "frame", "pending", "closing", "kept")
+
+    def __init__(self, key, client_ref, lifecycle_ref, session_id, frame, how):
+        self.key = key
+        self.client_ref = client_ref
+        self.lifecycle_ref = lifecycle_ref
+        self.session_id = session_id
+        self.job_id = frame.job_id
+        self.step_name = frame.step_name
+        self.attempt = frame.attempt
+        self.how = how  # new | load | fork
+        self.named = frame.named or how == "load"
+        self.in_turn = True  # until its spawn (session setup + prompt) returns
+        self.frame = frame
+        self.pending = None  # a close decided while the turn ran: done when it returns
+        self.closing = False
+        self.kept = False
+
+
+class _SessionCloser:
+    """One daemon thread that calls close_session, so the engine never waits on an adapter."""
+
+    def __init__(self, guard, cap=SESSION_CLOSE_QUEUE_CAP):
+        import threading
+        from collections import deque
+
+        self._guard = guard
+        self._cap = cap
+        self._cond = threading.Condition()
+        self._queue = deque()
+        self._busy = 0
+        self._stopped = False
+        self._thread = None
+
+    def submit(self, rec, why):
+        import threading
+
+        with self._cond:
+            if self._stopped or len(self._queue) >= self._cap:
+                return False
+            self._queue.append((rec, why))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="stepwise-release-guard-sessions", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return True
+
+    def _run(self):
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                rec, why = self._queue.popleft()
+                self._busy += 1
+            try:
+                self._guard._close_now(rec, why)
+            except Exception:
+                self._guard._error(f"closing session {getattr(rec, 'session_id', '?')}")
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout):
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._queue.clear()
+            self._cond.notify_all()
+
+
+def _step_keep_reasons(steps):
+    """{step name: why its finished runs' sessions may be resumed, or None} for a workflow.
+
+    ``steps`` maps names to StepDefinition objects (or their ``to_dict()`` form). stepwise
+    resumes an agent session only through named sessions (``session:``; later steps, loop
+    iterations and retries of the session load it, a ``fork_from`` step forks it), through
+    ``fork_from: <step>`` (the source step's session or its snapshot), and through the
+    legacy ``continue_session``. Everything else opens a fresh session on every run.
+    """
+
+    def field(step, name):
+        if isinstance(step, dict):
+            return step.get(name)
+        return getattr(step, name, None)
+
+    fork_sources = {}
+    for name, step in steps.items():
+        source = field(step, "fork_from")
+        if isinstance(source, str) and source and not source.startswith("$"):
+            fork_sources.setdefault(source, name)
+    info = {}
+    for name, step in steps.items():
+        session = field(step, "session")
+        if session:
+            info[name] = f"the step is in the named session {session!r}"
+        elif field(step, "continue_session"):
+            info[name] = "the step has continue_session"
+        elif name in fork_sources:
+            info[name] = f"step {fork_sources[name]!r} forks from it"
+        else:
+            info[name] = None
+    return info
 
 
 def _arg_getter(func, name):
@@ -250,7 +407,23 @@ class ReleaseGuard:
             "released_after_acquire": 0,
             "engine_releases_seen": 0,
             "errors": 0,
+            "sessions_seen": 0,
+            "sessions_closed_on_release": 0,
+            "sessions_closed_after_step": 0,
+            "sessions_closed_terminal_job": 0,
+            "sessions_kept_resumable": 0,
+            "session_close_errors": 0,
+            "sessions_forgotten": 0,
         }
+        # Session closing (see the "sessions" section below): its own state, because it
+        # can be off while the release part is active.
+        self.session_state = "off"  # off -> waiting -> active | disabled
+        self.session_reason = "the guard is not active"
+        self._sessions = None  # OrderedDict (id(client), session_id) -> _SessionRecord
+        self._job_steps = None  # OrderedDict job_id -> (id(workflow), {step: keep-reason|None})
+        self._gone = None  # deque of session keys whose client object was collected
+        self._closer = None
+        self._queue_full_logged = False
 
     # ── installation ─────────────────────────────────────────────────────
 
@@ -261,6 +434,10 @@ class ReleaseGuard:
     @property
     def containment_module(self):
         return f"{self.package}.containment.cloud_hypervisor"
+
+    @property
+    def acp_backend_module(self):
+        return f"{self.package}.acp_backend"
 
     def install(self):
         """Arrange for the engine to be patched when (or if already) it is imported."""
@@ -288,7 +465,10 @@ class ReleaseGuard:
                 pass
         self._patches = []
         self._remove_hook()
+        if self._closer is not None:
+            self._closer.stop()
         self.state = "idle"
+        self.session_state = "off"
 
     def _remove_hook(self):
         hook = self._hook
@@ -342,6 +522,11 @@ class ReleaseGuard:
         self._tls = threading.local()
         self._memo = OrderedDict()
         self._engines = weakref.WeakSet()
+        self._sessions = OrderedDict()
+        self._job_steps = OrderedDict()
+        from collections import deque
+
+        self._gone = deque()
         self.activated_at = _now_iso()
 
         applied = []
@@ -370,6 +555,17 @@ class ReleaseGuard:
             self._on_containment_imported(containment)
         elif self._hook is not None:
             self._hook.watched[self.containment_module] = self._on_containment_imported
+
+        # Session closing needs the ACP backend, which the engine does not import itself
+        # (the server's registry factory does). Checked and patched now or when imported.
+        self.session_state = "waiting"
+        self.session_reason = f"{self.acp_backend_module} is not loaded in this process yet"
+        acp_backend = sys.modules.get(self.acp_backend_module)
+        if acp_backend is not None and getattr(acp_backend, "__spec__", None) is not None \
+                and getattr(acp_backend, "ACPBackend", None) is not None:
+            self._on_acp_backend_imported(acp_backend)
+        elif self._hook is not None:
+            self._hook.watched[self.acp_backend_module] = self._on_acp_backend_imported
 
         _logger().debug(
             "%s %s patched stepwise %s (pid %d): %s",
@@ -541,6 +737,104 @@ class ReleaseGuard:
             except Exception:
                 pass
 
+    # ── sessions: checking and patching ──────────────────────────────────
+
+    def _on_acp_backend_imported(self, module):
+        try:
+            if self.state != "active" or self.session_state != "waiting":
+                return
+            self._activate_sessions(module)
+        except _Incompatible as exc:
+            self._disable_sessions(str(exc))
+        except Exception as exc:  # a bug of ours must not break stepwise's import
+            self._disable_sessions(f"internal error while checking the ACP backend: {exc!r}")
+        finally:
+            try:
+                self._maybe_remove_hook()
+            except Exception:
+                pass
+
+    def _session_plan(self, acp_backend_module):
+        """Check everything session closing relies on; return [(owner, name, wrapper)]."""
+
+        def cls(module, name):
+            value = getattr(module, name, None)
+            if not isinstance(value, type):
+                raise _Incompatible(f"{getattr(module, '__name__', module)}.{name} is missing")
+            return value
+
+        def method(klass, name, *params):
+            owner = _find_owner(klass, name)
+            func = _plain_function(owner, name) if owner is not None else None
+            if func is None:
+                raise _Incompatible(f"{klass.__module__}.{klass.__qualname__}.{name} is missing")
+            getters = [_arg_getter(func, p) for p in params]  # raises _Incompatible
+            return owner, func, getters
+
+        ACPBackend = cls(acp_backend_module, "ACPBackend")
+        client_module = sys.modules.get(f"{self.package}.acp_client") or self._import_sibling("acp_client")
+        ACPClient = cls(client_module, "ACPClient")
+        SQLiteStore = cls(self._import_sibling("store"), "SQLiteStore")
+        Lifecycle = cls(self._import_sibling("lifecycle"), "ResourceLifecycleManager")
+
+        # close_session is checked first: the one an upstream change is most likely to touch.
+        method(ACPClient, "close_session", "session_id")
+        plan = []
+        owner, func, (get_config, get_context) = method(ACPBackend, "spawn", "config", "context")
+        plan.append((owner, "spawn", self._wrap_spawn(func, get_config, get_context)))
+        owner, func, _ = method(ACPClient, "new_session", "cwd")
+        plan.append((owner, "new_session", self._wrap_session_open(func, "new", None)))
+        for name in ("load_session", "fork_session"):
+            owner, func, (get_sid,) = method(ACPClient, name, "session_id")
+            plan.append((owner, name, self._wrap_session_open(func, name.split("_")[0], get_sid)))
+        owner, func, (get_job_id,) = method(Lifecycle, "release_for_job", "job_id")
+        plan.append((owner, "release_for_job", self._wrap_release_for_job(func, get_job_id)))
+        owner, func, (get_run,) = method(SQLiteStore, "save_run", "run")
+        plan.append((owner, "save_run", self._wrap_save_run(func, get_run)))
+        return plan
+
+    def _activate_sessions(self, acp_backend_module):
+        plan = self._session_plan(acp_backend_module)  # raises _Incompatible
+        applied = []
+        try:
+            for owner, name, wrapper in plan:
+                previous = owner.__dict__.get(name, _MISSING)
+                setattr(owner, name, wrapper)
+                applied.append((owner, name, previous))
+        except Exception as exc:
+            for owner, name, previous in reversed(applied):
+                try:
+                    if previous is _MISSING:
+                        delattr(owner, name)
+                    else:
+                        setattr(owner, name, previous)
+                except Exception:
+                    pass
+            raise _Incompatible(f"could not patch the ACP backend: {exc!r}") from exc
+        self._patches.extend(applied)
+        self._closer = _SessionCloser(self)
+        self.hook_points = sorted(set(self.hook_points) | {
+            f"{o.__module__}.{o.__qualname__}.{n}" for o, n, _ in applied})
+        self.session_state = "active"
+        self.session_reason = None
+        self._update_marker()
+
+    def _disable_sessions(self, reason):
+        self.session_state = "disabled"
+        self.session_reason = reason
+        try:
+            _logger().warning(
+                "%s %s: session closing is off: %s. Job releases are still guarded; sessions "
+                "of finished jobs in shared adapters are left to the watchdog (stepwise %s).",
+                GUARD_NAME, __version__, reason, self.stepwise_version or "unknown",
+            )
+        except Exception:
+            pass
+        try:
+            self._update_marker()
+        except Exception:
+            pass
+
     # ── wrappers ─────────────────────────────────────────────────────────
 
     def _mark(self, wrapper, func):
@@ -659,6 +953,8 @@ class ReleaseGuard:
                 status = _status_value(getattr(job, "status", None))
                 if job_id and status:
                     guard._note_status(job_id, status, "save_job")
+                if job_id and guard.session_state == "active":
+                    guard._note_workflow(job_id, getattr(job, "workflow", None))
             except Exception:
                 guard._error("observing save_job")
             return result
@@ -701,6 +997,366 @@ class ReleaseGuard:
             return result
 
         return self._mark(wrapper, func)
+
+    def _wrap_spawn(self, func, get_config, get_context):
+        """ACPBackend.spawn: the sessions opened inside belong to this step run."""
+        guard = self
+
+        def wrapper(*args, **kwargs):
+            frame = None
+            try:
+                frame = guard._spawn_enter(args[0], get_config(args[1:], kwargs),
+                                           get_context(args[1:], kwargs))
+            except Exception:
+                guard._error("observing an agent spawn")
+            try:
+                return func(*args, **kwargs)
+            finally:
+                if frame is not None:
+                    try:
+                        guard._spawn_leave(frame)
+                    except Exception:
+                        guard._error("finishing an agent spawn")
+
+        return self._mark(wrapper, func)
+
+    def _wrap_session_open(self, func, how, get_session_id):
+        """ACPClient.new_session / load_session / fork_session: record the opened session."""
+        guard = self
+
+        def wrapper(*args, **kwargs):
+            result = func(*args, **kwargs)
+            try:
+                session_id = result if get_session_id is None or how == "fork" \
+                    else get_session_id(args[1:], kwargs)
+                guard._session_opened(args[0], session_id, how)
+            except Exception:
+                guard._error(f"observing {how}_session")
+            return result
+
+        return self._mark(wrapper, func)
+
+    def _wrap_release_for_job(self, func, get_job_id):
+        """ResourceLifecycleManager.release_for_job: close the job's sessions on survivors."""
+        guard = self
+
+        def wrapper(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            finally:
+                try:
+                    guard._after_release(args[0], get_job_id(args[1:], kwargs))
+                except Exception:
+                    guard._error("closing the sessions of a released job")
+
+        return self._mark(wrapper, func)
+
+    def _wrap_save_run(self, func, get_run):
+        """SQLiteStore.save_run: a step run that finished may free its session."""
+        guard = self
+
+        def wrapper(*args, **kwargs):
+            result = func(*args, **kwargs)
+            try:
+                guard._run_saved(get_run(args[1:], kwargs))
+            except Exception:
+                guard._error("observing save_run")
+            return result
+
+        return self._mark(wrapper, func)
+
+    # ── sessions: bookkeeping ────────────────────────────────────────────
+    #
+    # A record per ACP session the engine opened inside ACPBackend.spawn, keyed by
+    # (id(ACPClient), session id): the client (weakly: one client per adapter process),
+    # the adapter pool (ResourceLifecycleManager) it lives in, the step run it was opened
+    # for (job id, step name, attempt) and whether its turn is still running.
+
+    def _spawn_enter(self, backend, config, context):
+        job_id = getattr(context, "job_id", None)
+        if not job_id or self.session_state != "active":
+            return None
+        named = isinstance(config, dict) and any(
+            config.get(k) for k in _NAMED_SESSION_KEYS)
+        frame = _SpawnFrame(getattr(backend, "lifecycle", None), job_id,
+                            getattr(context, "step_name", None), getattr(context, "attempt", None),
+                            bool(named))
+        stack = getattr(self._tls, "spawns", None)
+        if stack is None:
+            stack = self._tls.spawns = []
+        stack.append(frame)
+        return frame
+
+    def _spawn_leave(self, frame):
+        stack = getattr(self._tls, "spawns", None) or []
+        if stack and stack[-1] is frame:
+            stack.pop()
+        elif frame in stack:
+            stack.remove(frame)
+        if not frame.opened:
+            return
+        terminal = None
+        for key in frame.opened:
+            with self._lock:
+                rec = self._sessions.get(key)
+                if rec is None or rec.frame is not frame:
+                    continue
+                rec.in_turn = False
+                rec.frame = None
+                why = rec.pending
+            if why is None:
+                # A turn that ran for a job that is terminal by now (a retry of a cancelled
+                # job's step on a shared adapter, a step still running when its job was
+                # abandoned): nothing will use this session again.
+                if terminal is None:
+                    terminal = self._authoritative_status(frame.job_id) in TERMINAL_STATUSES
+                if terminal:
+                    why = "terminal-job"
+            if why is not None:
+                self._submit_close(rec, why)
+
+    def _session_opened(self, client, session_id, how):
+        if self.session_state != "active" or not isinstance(session_id, str) or not session_id:
+            return
+        stack = getattr(self._tls, "spawns", None)
+        if not stack:
+            return  # not opened for a step run: not ours to close
+        frame = stack[-1]
+        import weakref
+
+        key = (id(client), session_id)
+        gone = self._gone
+        try:
+            client_ref = weakref.ref(client, lambda _ref, _key=key: gone.append(_key))
+            lifecycle_ref = weakref.ref(frame.lifecycle) if frame.lifecycle is not None else None
+        except TypeError:
+            return  # not weak-referenceable: do not keep adapters alive for bookkeeping
+        rec = _SessionRecord(key, client_ref, lifecycle_ref, session_id, frame, how)
+        with self._lock:
+            self._drain_gone()
+            self._sessions[key] = rec  # a load of a known id: the latest step run owns it
+            self._sessions.move_to_end(key)
+            self.stats["sessions_seen"] += 1
+            while len(self._sessions) > self.memo_cap:
+                # Forget the oldest idle session first (its turn is over), else the oldest.
+                victim = next((k for k, r in self._sessions.items() if not r.in_turn), None)
+                old = self._sessions.pop(victim) if victim is not None \
+                    else self._sessions.popitem(last=False)[1]
+                self.stats["sessions_forgotten"] += 1
+                _logger().debug("%s: too many open sessions tracked; forgot %s of job %s",
+                                GUARD_NAME, old.session_id, old.job_id)
+        frame.opened.append(key)
+
+    def _drain_gone(self):
+        """Forget sessions whose client object was collected (caller holds the lock)."""
+        gone = self._gone
+        while gone:
+            try:
+                key = gone.popleft()
+            except IndexError:
+                break
+            rec = self._sessions.get(key)
+            if rec is not None and rec.client_ref() is None:
+                del self._sessions[key]
+
+    def _after_release(self, lifecycle, job_id):
+        """After release_for_job(job_id): close that job's sessions on adapters that live on."""
+        if self.session_state != "active" or not job_id:
+            return
+        try:
+            managed_list = list(getattr(lifecycle, "active"))
+        except Exception:
+            return
+        alive = {}  # id(client) -> (client, managed) for every adapter still in the pool
+        for managed in managed_list:
+            client = getattr(getattr(managed, "resource", None), "client", None)
+            if client is not None:
+                alive[id(client)] = (client, managed)
+        to_close = []
+        with self._lock:
+            self._drain_gone()
+            for key, rec in list(self._sessions.items()):
+                if rec.lifecycle_ref is None or rec.lifecycle_ref() is not lifecycle:
+                    continue
+                client = rec.client_ref()
+                entry = alive.get(id(client)) if client is not None else None
+                if entry is None or entry[0] is not client:
+                    if not rec.in_turn:  # the adapter was torn down: its sessions with it
+                        del self._sessions[key]
+                    continue
+                if rec.job_id != job_id or rec.closing:
+                    continue
+                refs = getattr(entry[1], "job_refs", None)
+                if refs is not None and job_id in refs:
+                    continue  # the job holds this adapter again (re-acquired meanwhile)
+                if rec.in_turn:
+                    rec.pending = rec.pending or "release"  # closed when its turn returns
+                else:
+                    to_close.append(rec)
+            self._job_steps.pop(job_id, None)
+        for rec in to_close:
+            self._submit_close(rec, "release")
+
+    def _run_saved(self, run):
+        if self.session_state != "active" or run is None:
+            return
+        if _status_value(getattr(run, "status", None)) not in FINISHED_RUN_STATUSES:
+            return
+        job_id = getattr(run, "job_id", None)
+        step_name = getattr(run, "step_name", None)
+        attempt = getattr(run, "attempt", None)
+        with self._lock:
+            matches = [rec for rec in self._sessions.values()
+                       if rec.job_id == job_id and rec.step_name == step_name
+                       and rec.attempt == attempt and not rec.closing and rec.pending is None]
+        if not matches:
+            return
+        keep = self._keep_reason(job_id, step_name, matches)
+        if keep is not None:
+            with self._lock:
+                for rec in matches:
+                    if not rec.kept:
+                        rec.kept = True
+                        self.stats["sessions_kept_resumable"] += 1
+            _logger().debug("%s: kept session(s) %s of %s/%s: %s", GUARD_NAME,
+                            ", ".join(r.session_id for r in matches), job_id, step_name, keep)
+            return
+        for rec in matches:
+            with self._lock:
+                if rec.in_turn:
+                    rec.pending = "step-finished"
+                    continue
+            self._submit_close(rec, "step-finished")
+
+    def _keep_reason(self, job_id, step_name, records):
+        """Why a finished step's session may be resumed (keep it), or None (close it)."""
+        if any(rec.named for rec in records):
+            return "the step ran in a named or continued session"
+        info = self._step_info(job_id)
+        if info is None:
+            return "the job's workflow is unknown"
+        if step_name not in info:
+            return "the step is not in the job's workflow"
+        return info[step_name]
+
+    def _note_workflow(self, job_id, workflow):
+        steps = getattr(workflow, "steps", None)
+        if not isinstance(steps, dict):
+            return
+        with self._lock:
+            cached = self._job_steps.get(job_id)
+            if cached is not None and cached[0] == id(workflow):
+                self._job_steps.move_to_end(job_id)
+                return
+        info = _step_keep_reasons(steps)
+        with self._lock:
+            self._job_steps[job_id] = (id(workflow), info)
+            self._job_steps.move_to_end(job_id)
+            while len(self._job_steps) > self.memo_cap:
+                self._job_steps.popitem(last=False)
+
+    def _step_info(self, job_id):
+        with self._lock:
+            cached = self._job_steps.get(job_id)
+        if cached is not None:
+            return cached[1]
+        for path in self._db_paths():  # e.g. the job was saved before the guard saw it
+            try:
+                steps = _read_job_steps(path, job_id)
+            except Exception:
+                steps = None
+            if steps is not None:
+                info = _step_keep_reasons(steps)
+                with self._lock:
+                    self._job_steps[job_id] = (None, info)
+                    while len(self._job_steps) > self.memo_cap:
+                        self._job_steps.popitem(last=False)
+                return info
+        return None
+
+    def _submit_close(self, rec, why):
+        with self._lock:
+            if rec.closing or self._sessions.get(rec.key) is not rec:
+                return
+            rec.closing = True
+        closer = self._closer
+        if closer is None or not closer.submit(rec, why):
+            with self._lock:
+                rec.closing = False
+                first = not self._queue_full_logged
+                self._queue_full_logged = True
+            (_logger().warning if first else _logger().debug)(
+                "%s: too many session closes pending (adapters not answering?); left session "
+                "%s of job %s open", GUARD_NAME, rec.session_id, rec.job_id)
+
+    def _adapter_alive(self, rec, client):
+        lifecycle = rec.lifecycle_ref() if rec.lifecycle_ref is not None else None
+        if lifecycle is None or client is None:
+            return False
+        try:
+            managed_list = list(getattr(lifecycle, "active"))
+        except Exception:
+            return False
+        for managed in managed_list:
+            resource = getattr(managed, "resource", None)
+            if getattr(resource, "client", None) is client:
+                process = getattr(resource, "process", None)
+                poll = getattr(process, "poll", None)
+                if callable(poll):
+                    try:
+                        if poll() is not None:
+                            return False
+                    except Exception:
+                        pass
+                return True
+        return False
+
+    def _close_now(self, rec, why):
+        """On the closer thread: stepwise's own ACPClient.close_session, once."""
+        client = rec.client_ref()
+        try:
+            with self._lock:
+                if self._sessions.get(rec.key) is not rec:
+                    return  # forgotten or replaced (the session was loaded again) meanwhile
+            if not self._adapter_alive(rec, client):
+                return  # the adapter is gone, and the session with it
+            ok = True
+            try:
+                client.close_session(rec.session_id)
+            except Exception as exc:
+                ok = False
+                with self._lock:
+                    self.stats["session_close_errors"] += 1
+                _logger().warning(
+                    "%s: closing ACP session %s of job %s (step %s) failed (ignored): %r",
+                    GUARD_NAME, rec.session_id, rec.job_id, rec.step_name, exc)
+            if ok:
+                stat = _CLOSE_STATS.get(why, "sessions_closed_on_release")
+                with self._lock:
+                    self.stats[stat] += 1
+                _logger().info(
+                    "%s: closed ACP session %s of job %s (step %s, attempt %s): %s",
+                    GUARD_NAME, rec.session_id, rec.job_id, rec.step_name, rec.attempt,
+                    _CLOSE_WHY.get(why, why))
+            self._update_marker()
+        finally:
+            with self._lock:
+                if self._sessions.get(rec.key) is rec:
+                    del self._sessions[rec.key]
+
+    def wait_for_session_closes(self, timeout=5.0):
+        """True once every queued session close has been done (for tests and tools)."""
+        closer = self._closer
+        return True if closer is None else closer.wait_idle(timeout)
+
+    def open_sessions(self):
+        """[(job_id, step_name, attempt, session_id, state)] of the sessions tracked now."""
+        if self._sessions is None:
+            return []
+        with self._lock:
+            return [(r.job_id, r.step_name, r.attempt, r.session_id,
+                     "closing" if r.closing else "in-turn" if r.in_turn else "idle")
+                    for r in self._sessions.values()]
 
     # ── bookkeeping ──────────────────────────────────────────────────────
 
@@ -762,6 +1418,8 @@ class ReleaseGuard:
     def _forget(self, job_id):
         with self._lock:
             self._memo.pop(job_id, None)
+            if self._job_steps is not None:
+                self._job_steps.pop(job_id, None)
 
     def _schedule(self, job_id, gen):
         """Release after the current engine operation (or now, outside any)."""
@@ -938,6 +1596,12 @@ class ReleaseGuard:
             self._engines.add(engine)
         except TypeError:
             return
+        if self.session_state == "waiting":  # the ACP backend was imported in a way we missed
+            acp_backend = sys.modules.get(self.acp_backend_module)
+            if acp_backend is not None and getattr(acp_backend, "ACPBackend", None) is not None:
+                if self._hook is not None:
+                    self._hook.watched.pop(self.acp_backend_module, None)
+                self._on_acp_backend_imported(acp_backend)
         if self._marker_dirs is None and self._looks_like_server(engine):
             self._marker_dirs = self._marker_dirs_for(engine)
             self._write_marker(self._marker_dirs)
@@ -1004,9 +1668,23 @@ class ReleaseGuard:
             "stepwise_version": self.stepwise_version,
             "active": self.state == "active",
             "reason": None if self.state == "active" else (self.reason or self.state),
+            "sessionClosing": self.session_closing_active,
+            "sessionClosingReason": self.session_closing_reason,
             "hook_points": list(self.hook_points),
             "stats": stats,
         }
+
+    @property
+    def session_closing_active(self):
+        return self.state == "active" and self.session_state == "active"
+
+    @property
+    def session_closing_reason(self):
+        if self.state != "active":
+            return f"the guard is not active ({self.reason or self.state})"
+        if self.session_state == "active":
+            return None
+        return self.session_reason or self.session_state
 
     def _update_marker(self):
         if self._marker_dirs:
@@ -1045,6 +1723,9 @@ class ReleaseGuard:
         return {
             "state": self.state,
             "reason": self.reason,
+            "session_closing": self.session_closing_active,
+            "session_closing_reason": self.session_closing_reason,
+            "sessions_tracked": len(self._sessions) if self._sessions is not None else 0,
             "stepwise_version": self.stepwise_version,
             "hook_points": list(self.hook_points),
             "stats": dict(self.stats),
@@ -1092,6 +1773,28 @@ def _read_job_status(db_path, job_id):
     if row is None or not isinstance(row[0], str):
         return None
     return row[0].strip().lower()
+
+
+def _read_job_steps(db_path, job_id):
+    """The steps of a job's workflow (JSON dicts) through a read-only connection, or None."""
+    if not db_path or db_path == ":memory:" or db_path.startswith("file:"):
+        return None
+    path = os.path.abspath(db_path)
+    if not os.path.isfile(path):
+        return None
+    import json
+    import sqlite3
+    from urllib.parse import quote
+
+    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=2.0)
+    try:
+        row = conn.execute("SELECT workflow FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    finally:
+        conn.close()
+    if row is None or not isinstance(row[0], str):
+        return None
+    steps = json.loads(row[0]).get("steps")
+    return steps if isinstance(steps, dict) else None
 
 
 GUARD = ReleaseGuard()

@@ -8,7 +8,7 @@ import { UserError, type CliIO } from './io.js';
 /** commander option names → config keys (only those the user gave). */
 export function flagsFromOptions(opts: Record<string, unknown>): Record<string, unknown> {
   const map: Record<string, string> = { marker: 'markers' };
-  const skip = new Set(['config', 'json', 'all', 'yes', 'force', 'keep', 'holdMb', 'manifest', 'job', 'pid', 'allLeaked', 'python', 'actor']);
+  const skip = new Set(['config', 'json', 'all', 'yes', 'force', 'keep', 'holdMb', 'manifest', 'job', 'pid', 'allLeaked', 'sessions', 'python', 'actor']);
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(opts)) {
     if (v === undefined || skip.has(k)) continue;

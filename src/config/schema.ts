@@ -44,6 +44,8 @@ export const configSchema = z
     listen: listen.default('127.0.0.1:9477'),
     observeOnly: z.boolean().default(false),
     orphans: z.boolean().default(true),
+    /** Stop leaked sessions' CLIs inside adapters that live on for other jobs (the daemon). */
+    reapSessions: z.boolean().default(true),
     gc: z.boolean().default(true),
     tokenFile: z.string().min(1).nullable().default(null),
     auditLog: z.string().min(1).nullable().default(null),
@@ -73,6 +75,7 @@ const ENV_KEYS: Record<string, keyof ConfigInput> = {
   STEPWISE_WATCHDOG_LISTEN: 'listen',
   STEPWISE_WATCHDOG_OBSERVE_ONLY: 'observeOnly',
   STEPWISE_WATCHDOG_ORPHANS: 'orphans',
+  STEPWISE_WATCHDOG_REAP_SESSIONS: 'reapSessions',
   STEPWISE_WATCHDOG_GC: 'gc',
   STEPWISE_WATCHDOG_TOKEN_FILE: 'tokenFile',
   STEPWISE_WATCHDOG_AUDIT_LOG: 'auditLog',
@@ -84,7 +87,7 @@ const ENV_KEYS: Record<string, keyof ConfigInput> = {
   STEPWISE_DB: 'db',
 };
 const LIST_KEYS = new Set<keyof ConfigInput>(['project', 'markers', 'subreapers', 'watchProcess']);
-const BOOL_KEYS = new Set<keyof ConfigInput>(['observeOnly', 'orphans', 'gc', 'allowOtherUids']);
+const BOOL_KEYS = new Set<keyof ConfigInput>(['observeOnly', 'orphans', 'reapSessions', 'gc', 'allowOtherUids']);
 
 function fromEnv(env: NodeJS.ProcessEnv): { values: Record<string, unknown>; origin: Record<string, string> } {
   const values: Record<string, unknown> = {};

@@ -8,10 +8,12 @@
 //  3. it is a child of this project's live server.
 // Marker patterns only recognise adapter-like processes; a marker alone is never evidence.
 
-import { collectTree, indexProcesses, isDead, matchesMarker, type ProcessIndex } from './process-tree.js';
+import { collectTree, indexProcesses, isDead, matchesMarker, toTreeProcess, type ProcessIndex } from './process-tree.js';
+import { findSessions } from './sessions.js';
 import { ago, comparisonSlack, parseIsoEpoch, startEpoch } from './time.js';
 import {
   TERMINAL_JOB_STATUSES,
+  type AdapterSession,
   type AdapterTree,
   type AdapterVerdict,
   type ClockInfo,
@@ -29,8 +31,13 @@ import {
   type SourceHealth,
   type StaleRunningRun,
   type StoreSnapshot,
-  type TreeProcess,
 } from './types.js';
+
+function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
+}
 
 export interface ClassifyInput {
   root: string;
@@ -76,21 +83,6 @@ function jobRef(id: string, row: JobRow | undefined): JobRef {
     terminal,
     terminalSinceEpoch: terminal ? parseIsoEpoch(row.updatedAt) : null,
     failReason: row.failReason ?? null,
-  };
-}
-
-function toTreeProcess(p: ProcessInfo): TreeProcess {
-  return {
-    pid: p.pid,
-    startTicks: p.startTicks,
-    ppid: p.ppid,
-    pgid: p.pgid,
-    sid: p.sid,
-    uid: p.uid,
-    state: p.state,
-    argv: p.argv,
-    rssBytes: p.rssBytes,
-    swapBytes: p.swapBytes,
   };
 }
 
@@ -182,13 +174,16 @@ export function classify(input: ClassifyInput): ProjectInventory {
     }
   }
 
-  // Runs that name host pids (in-vm guest pids are never matched against host processes).
+  // Runs that name host pids (in-vm guest pids are never matched against host processes): by
+  // the adapter's pid and by its recorded group id (which names the tree once its top died).
   const runsByPid = new Map<number, RunRow[]>();
+  const runsBySession = store ? new Map<string, RunRow[]>() : null;
   for (const run of runs) {
-    if (!run.agentStep || run.inVm || run.pid === null || run.pid <= 1) continue;
-    const list = runsByPid.get(run.pid) ?? [];
-    list.push(run);
-    runsByPid.set(run.pid, list);
+    if (!run.agentStep || run.inVm) continue;
+    if (run.sessionId !== null && runsBySession) push(runsBySession, run.sessionId.toLowerCase(), run);
+    for (const pid of new Set([run.pid, run.pgid])) {
+      if (pid !== null && pid > 1) push(runsByPid, pid, run);
+    }
   }
 
   // Candidate roots: every pid named by a run or a pid file, and the server's adapter-like children.
@@ -247,7 +242,16 @@ export function classify(input: ClassifyInput): ProjectInventory {
     for (const m of members) claimed.add(m.pid);
 
     const jobRefs = [...jobIds].map((id) => jobRef(id, jobs[id]));
+    const sessions = findSessions({
+      members,
+      index,
+      runsBySession,
+      jobRef: (id) => jobRef(id, jobs[id]),
+      describeJob: (j) => describeJob(j, now),
+      treeJobs: jobRefs,
+    });
     const { verdict, reason } = judgeTree({
+      pid: root.pid,
       jobRefs,
       serverChild,
       hasPidFile: pidFile !== null,
@@ -266,6 +270,7 @@ export function classify(input: ClassifyInput): ProjectInventory {
         pidFile,
         agent,
         runIds,
+        sessions,
       }),
     );
   }
@@ -291,6 +296,7 @@ export function classify(input: ClassifyInput): ProjectInventory {
         pidFile: null,
         agent: null,
         runIds: [],
+        sessions: findSessions({ members, index, runsBySession, jobRef: (id) => jobRef(id, jobs[id]), describeJob: (j) => describeJob(j, now), treeJobs: [] }),
       }),
     );
   }
@@ -335,6 +341,8 @@ function judgeRunEvidence(run: RunRow, start: number, clock: ClockInfo, slack: n
 }
 
 interface JudgeTreeInput {
+  /** The tree's top pid (its group id). */
+  pid: number;
   jobRefs: JobRef[];
   serverChild: boolean;
   hasPidFile: boolean;
@@ -347,7 +355,7 @@ interface JudgeTreeInput {
 }
 
 function judgeTree(i: JudgeTreeInput): { verdict: AdapterVerdict; reason: string } {
-  const leaderNote = i.topAlive ? '' : ' (group leader gone, members alive)';
+  const leaderNote = i.topAlive ? '' : ` (group leader ${i.pid} gone; members alive)`;
   if (i.jobRefs.length > 0) {
     const live = i.jobRefs.filter(NOT_TERMINAL_NOT_PAUSED);
     const paused = i.jobRefs.filter((j) => j.status === 'paused');
@@ -394,7 +402,7 @@ function makeTree(
   reason: string,
   jobs: JobRef[],
   evidence: Evidence[],
-  extra: { rootStart: number; now: number; pidFile: string | null; agent: string | null; runIds: string[] },
+  extra: { rootStart: number; now: number; pidFile: string | null; agent: string | null; runIds: string[]; sessions: AdapterSession[] },
 ): AdapterTree {
   const terminalTimes = jobs.map((j) => j.terminalSinceEpoch);
   const lastTerminalEpoch =
@@ -417,6 +425,7 @@ function makeTree(
     agent: extra.agent,
     lastTerminalEpoch,
     runIds: extra.runIds,
+    sessions: extra.sessions,
   };
 }
 
@@ -479,6 +488,7 @@ function inVmAdapters(runs: RunRow[], jobs: Record<string, JobRow>, now: number)
       agent: first.agent,
       lastTerminalEpoch: null,
       runIds: group.map((r) => r.id),
+      sessions: [],
     };
   });
 }

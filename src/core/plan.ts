@@ -1,13 +1,18 @@
 // The pure planner: plan(inventory, policy, selection) → actions with their reasons. The same
 // plan feeds the CLI (`reap`, `gc`), the daemon and the HTTP API; effects carry it out.
 
-import type { AdapterTree, AdapterVerdict, JobRef, PidFileStatus, Policy, ProjectInventory } from './types.js';
+import type { AdapterSession, AdapterTree, AdapterVerdict, JobRef, PidFileStatus, Policy, ProjectInventory, TreeProcess } from './types.js';
 
 export interface Selection {
   /** Every leaked tree past the terminal grace. */
   allLeaked: boolean;
   /** Every orphaned tree past the spawn grace. */
   orphans: boolean;
+  /**
+   * Every leaked session (its jobs all terminal, past the terminal grace) inside a live adapter
+   * that is not itself reaped: its CLI and that CLI's descendants, never the adapter.
+   */
+  sessions: boolean;
   /** Trees these jobs reference (refused while a job is not terminal, unless force). */
   jobs: string[];
   /** Trees by top pid (refused unless reapable, unless force). */
@@ -51,6 +56,22 @@ export interface KillTreeAction {
   forced: boolean;
 }
 
+/** The verdict label a session kill is counted and audited under (reaped_total{verdict}). */
+export const SESSION_KILL_VERDICT = 'leaked-session';
+
+/** Which adapter verdicts a leaked session may be stopped inside (the tree itself stays). */
+const SESSION_HOSTS: ReadonlySet<AdapterVerdict> = new Set(['active', 'paused']);
+
+export interface KillSessionAction {
+  kind: 'kill-session';
+  project: string;
+  /** The adapter tree the session lives in (never signalled as a whole). */
+  tree: AdapterTree;
+  session: AdapterSession;
+  reason: string;
+  selectedBy: 'sessions';
+}
+
 export interface RemovePidFileAction {
   kind: 'remove-pid-file';
   project: string;
@@ -71,7 +92,14 @@ export interface Refusal {
   tree?: AdapterTree;
 }
 
-export type PlannedAction = KillTreeAction | RemovePidFileAction;
+export type PlannedAction = KillTreeAction | KillSessionAction | RemovePidFileAction;
+
+/** The memory an action would free: a whole tree's, or one session's (rss + swap). */
+export function actionBytes(a: PlannedAction): number {
+  if (a.kind === 'kill-tree') return a.tree.rssBytes + a.tree.swapBytes;
+  if (a.kind === 'kill-session') return a.session.rssBytes + a.session.swapBytes;
+  return 0;
+}
 
 export interface Plan {
   project: string;
@@ -86,7 +114,7 @@ export function plan(inv: ProjectInventory, policy: Policy, selection: Selection
   const refuse = (target: string, code: RefusalCode, reason: string, explicit: boolean, tree?: AdapterTree) =>
     out.refusals.push({ kind: 'refusal', project: inv.root, target, code, reason, explicit, ...(tree ? { tree } : {}) });
 
-  const wantsKills = selection.allLeaked || selection.orphans || selection.jobs.length > 0 || selection.pids.length > 0;
+  const wantsKills = selection.allLeaked || selection.orphans || selection.sessions || selection.jobs.length > 0 || selection.pids.length > 0;
   const down = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'store' || name === 'processes'));
   if (wantsKills && down.length > 0) {
     // No kill at all when the store or the process table could not be read: the evidence is missing.
@@ -94,6 +122,7 @@ export function plan(inv: ProjectInventory, policy: Policy, selection: Selection
     refuse('all trees', 'source_down', `nothing reaped: ${why}`, selection.jobs.length > 0 || selection.pids.length > 0);
   } else if (wantsKills) {
     planKills(inv, policy, selection, ctx, out, refuse);
+    if (selection.sessions) planSessionKills(inv, policy, ctx, out, refuse);
   }
 
   if (selection.gc) {
@@ -187,19 +216,67 @@ function planKills(inv: ProjectInventory, policy: Policy, selection: Selection, 
 function protectedReason(tree: AdapterTree, inv: ProjectInventory, ctx: PlanContext): { code: RefusalCode; reason: string } | null {
   if (tree.verdict === 'foreign') return { code: 'protected', reason: `tree ${tree.topPid} is foreign (${tree.reason}): never touched` };
   if (tree.verdict === 'in-vm') return { code: 'protected', reason: `tree ${tree.topPid} runs in a microVM: never touched` };
+  return processesProblem(`tree ${tree.topPid}`, tree.processes, inv, ctx);
+}
+
+/** pid 1, the server, the watchdog and its ancestors, other (or unknown) uids, nothing live. */
+function processesProblem(what: string, processes: readonly TreeProcess[], inv: ProjectInventory, ctx: PlanContext): { code: RefusalCode; reason: string } | null {
   const serverPid = inv.server.identity?.pid ?? inv.server.pidFile?.pid ?? null;
   const self = new Set([ctx.selfPid, ...ctx.selfAncestors]);
-  for (const p of tree.processes) {
-    if (p.pid <= 1) return { code: 'protected', reason: `tree ${tree.topPid} contains pid ${p.pid}` };
-    if (p.pid === serverPid) return { code: 'protected', reason: `tree ${tree.topPid} contains the stepwise server ${p.pid}` };
-    if (self.has(p.pid)) return { code: 'protected', reason: `tree ${tree.topPid} contains the watchdog or one of its ancestors (${p.pid})` };
+  for (const p of processes) {
+    if (p.pid <= 1) return { code: 'protected', reason: `${what} contains pid ${p.pid}` };
+    if (p.pid === serverPid) return { code: 'protected', reason: `${what} contains the stepwise server ${p.pid}` };
+    if (self.has(p.pid)) return { code: 'protected', reason: `${what} contains the watchdog or one of its ancestors (${p.pid})` };
     if (!ctx.allowOtherUids && (p.uid === null || ctx.selfUid === null || p.uid !== ctx.selfUid)) {
       const uid = p.uid === null ? 'an unknown uid' : `uid ${p.uid}`;
-      return { code: 'other_uid', reason: `tree ${tree.topPid}: process ${p.pid} runs as ${uid}, not the watchdog's${ctx.selfUid === null ? '' : ` (${ctx.selfUid})`}` };
+      return { code: 'other_uid', reason: `${what}: process ${p.pid} runs as ${uid}, not the watchdog's${ctx.selfUid === null ? '' : ` (${ctx.selfUid})`}` };
     }
   }
-  if (tree.processes.length === 0) return { code: 'not_found', reason: `tree ${tree.topPid} has no live process` };
+  if (processes.length === 0) return { code: 'not_found', reason: `${what} has no live process` };
   return null;
+}
+
+/**
+ * Leaked sessions inside adapters that live on for other jobs (active or paused trees): the
+ * session's CLI and its descendants only. A tree that is reaped whole takes its sessions with
+ * it; an unattributed session (no run names it yet) and the sessions of live or paused jobs are
+ * never selected. The terminal grace applies as for trees; the adoption race holds them too (a
+ * starting step may load or fork a session of the same agent).
+ */
+function planSessionKills(inv: ProjectInventory, policy: Policy, ctx: PlanContext, out: Plan, refuse: RefuseFn): void {
+  const killedTrees = new Set(out.actions.flatMap((a) => (a.kind === 'kill-tree' ? [a.tree.topPid] : [])));
+  for (const tree of inv.adapters) {
+    if (!SESSION_HOSTS.has(tree.verdict) || killedTrees.has(tree.topPid)) continue;
+    for (const session of tree.sessions) {
+      if (session.verdict !== 'leaked') continue;
+      const target = `session ${session.sessionId} (pid ${session.pid}) in tree ${tree.topPid}`;
+      const since = session.lastTerminalEpoch;
+      if (since === null) {
+        refuse(target, 'grace', `${session.reason}; when its jobs ended is unknown, so the terminal grace cannot be checked`, false, tree);
+        continue;
+      }
+      if (inv.now - since < policy.terminalGraceSeconds) {
+        const left = Math.ceil(policy.terminalGraceSeconds - (inv.now - since));
+        refuse(target, 'grace', `${session.reason}; within the terminal grace (${left}s left)`, false, tree);
+        continue;
+      }
+      if (session.pid === tree.topPid || session.processes.some((p) => p.pid === tree.topPid)) {
+        refuse(target, 'protected', `${target}: the session's process is the adapter's top: only the whole tree could go`, false, tree);
+        continue;
+      }
+      const guard = processesProblem(target, session.processes, inv, ctx);
+      if (guard) {
+        refuse(target, guard.code, guard.reason, false, tree);
+        continue;
+      }
+      const race = adoptionRace(tree, inv);
+      if (race) {
+        refuse(target, 'adoption_race', race, false, tree);
+        continue;
+      }
+      out.actions.push({ kind: 'kill-session', project: inv.root, tree, session, reason: `leaked session ${session.sessionId}: ${session.reason}`, selectedBy: 'sessions' });
+    }
+  }
 }
 
 /**
@@ -214,7 +291,7 @@ function adoptionRace(tree: AdapterTree, inv: ProjectInventory): string | null {
 }
 
 /** Seconds until a held-by-grace tree becomes reapable (for the daemon's next wake-up); null if none. */
-export function nextGraceExpiry(inv: ProjectInventory, policy: Policy, selection: Pick<Selection, 'allLeaked' | 'orphans'>): number | null {
+export function nextGraceExpiry(inv: ProjectInventory, policy: Policy, selection: Pick<Selection, 'allLeaked' | 'orphans' | 'sessions'>): number | null {
   let soonest: number | null = null;
   const note = (s: number) => {
     if (s > 0 && (soonest === null || s < soonest)) soonest = s;
@@ -222,6 +299,9 @@ export function nextGraceExpiry(inv: ProjectInventory, policy: Policy, selection
   for (const t of inv.adapters) {
     if (selection.allLeaked && t.verdict === 'leaked' && t.lastTerminalEpoch !== null) note(t.lastTerminalEpoch + policy.terminalGraceSeconds - inv.now);
     if (selection.orphans && t.verdict === 'orphaned') note(policy.spawnGraceSeconds - t.ageSeconds);
+    if (selection.sessions && SESSION_HOSTS.has(t.verdict)) {
+      for (const s of t.sessions) if (s.verdict === 'leaked' && s.lastTerminalEpoch !== null) note(s.lastTerminalEpoch + policy.terminalGraceSeconds - inv.now);
+    }
     // A spawning tree turns unreferenced (a metric change, not a reap) when the spawn grace ends.
   }
   return soonest;

@@ -1,4 +1,4 @@
-import type { ProcessInfo } from './types.js';
+import type { ProcessInfo, TreeProcess } from './types.js';
 
 /** A zombie (or a dead task still listed) has freed its memory: it counts as dead. */
 export function isDead(p: Pick<ProcessInfo, 'state'>): boolean {
@@ -72,4 +72,20 @@ export function collectTree(index: ProcessIndex, topPid: number, opts: CollectOp
   // Top first, then by start time: stable, readable output.
   out.sort((a, b) => (a.pid === topPid ? -1 : b.pid === topPid ? 1 : a.startTicks - b.startTicks || a.pid - b.pid));
   return out;
+}
+
+/** The part of a process a tree (and the audit trail) keeps. */
+export function toTreeProcess(p: ProcessInfo): TreeProcess {
+  return {
+    pid: p.pid,
+    startTicks: p.startTicks,
+    ppid: p.ppid,
+    pgid: p.pgid,
+    sid: p.sid,
+    uid: p.uid,
+    state: p.state,
+    argv: p.argv,
+    rssBytes: p.rssBytes,
+    swapBytes: p.swapBytes,
+  };
 }

@@ -29,6 +29,10 @@ export const ADAPTER_VERDICTS = [
 ] as const;
 export type AdapterVerdict = (typeof ADAPTER_VERDICTS)[number];
 
+/** Verdicts of one agent session (one CLI process) inside an adapter tree. */
+export const SESSION_VERDICTS = ['active', 'paused', 'leaked', 'unattributed'] as const;
+export type SessionVerdict = (typeof SESSION_VERDICTS)[number];
+
 export const PIDFILE_VERDICTS = ['live', 'stale-dead', 'stale-reused', 'invalid'] as const;
 export type PidFileVerdict = (typeof PIDFILE_VERDICTS)[number];
 
@@ -139,6 +143,14 @@ export interface RunRow {
   completedAt: string | null;
   /** executor_state.pid (or the pid column) of an agent step; null when none. */
   pid: number | null;
+  /**
+   * executor_state.pgid: the adapter's process group (= its top pid: stepwise spawns it with
+   * start_new_session). Names the tree when the top is dead and its group lives on; null when
+   * absent or 0 (stepwise writes 0 when getpgid failed).
+   */
+  pgid: number | null;
+  /** executor_state.session_id: the ACP session the step ran in (the CLI's --session-id). */
+  sessionId: string | null;
   agent: string | null;
   inVm: boolean;
   /**
@@ -208,6 +220,25 @@ export interface TreeProcess extends ProcessIdentity {
   swapBytes: number;
 }
 
+/** One ACP session inside an adapter tree: its agent CLI process and that process's descendants. */
+export interface AdapterSession {
+  sessionId: string;
+  /** The CLI process (the outermost tree member whose argv carries the session id). */
+  pid: number;
+  startTicks: number;
+  verdict: SessionVerdict;
+  reason: string;
+  /** Jobs of the step runs whose executor_state.session_id is this session. */
+  jobs: JobRef[];
+  runIds: string[];
+  /** The CLI first, then its descendants. */
+  processes: TreeProcess[];
+  rssBytes: number;
+  swapBytes: number;
+  /** Latest terminalSinceEpoch of its jobs, when all are terminal. */
+  lastTerminalEpoch: number | null;
+}
+
 export interface AdapterTree {
   topPid: number;
   /** The top's identity: (pid, start ticks). null for in-vm entries. */
@@ -227,6 +258,8 @@ export interface AdapterTree {
   lastTerminalEpoch: number | null;
   /** Run ids that referenced the tree (for re-verification). */
   runIds: string[];
+  /** Agent sessions inside the tree (one CLI each), oldest first. */
+  sessions: AdapterSession[];
 }
 
 export interface PidFileStatus {

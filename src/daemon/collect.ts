@@ -4,7 +4,7 @@
 
 import { policyFromConfig, type Config } from '../config/schema.js';
 import { classify } from '../core/classify.js';
-import { matchesMarker } from '../core/process-tree.js';
+import { isDead, matchesMarker } from '../core/process-tree.js';
 import { resolveServer } from '../core/server.js';
 import { startEpoch } from '../core/time.js';
 import type { Policy, ProjectInventory, SourceHealth } from '../core/types.js';
@@ -60,7 +60,7 @@ export class ProjectSession {
     const procs = readProcessTable({
       procRoot: this.procRoot,
       argvCache: this.argvCache,
-      detailFor: (p) => p.pid === serverPid || p.ppid === serverPid || matchesMarker(p.argv, policy.markers) || this.interesting.has(p.pid),
+      detailFor: (p) => p.pid === serverPid || p.ppid === serverPid || matchesMarker(p.argv, policy.markers) || this.interesting.has(p.pid) || this.interesting.has(p.pgid),
     });
     sources.processes = procs.health;
     const table = procs.health.ok || procs.table.processes.length > 0 ? procs.table : null;
@@ -92,12 +92,23 @@ export class ProjectSession {
     // be evidence again: any later process with that pid started after the run finished).
     // Their start times let the store drop finished runs that ended before the process started
     // (a reused pid): bounded tracking on hosts that cycle through pids.
+    // Live group ids count too: when an adapter's top died, its group lives on under the dead
+    // leader's pid (not reusable while it is a live group id) and the run still names it. Such a
+    // group's start is its earliest live member's (the leader started no later).
     const live = new Set<number>();
     const starts = new Map<number, number>();
-    for (const p of table?.processes ?? []) {
-      if (p.state === 'Z' || p.state === 'X') continue;
+    const alive = (table?.processes ?? []).filter((p) => !isDead(p));
+    for (const p of alive) {
       live.add(p.pid);
       if (table) starts.set(p.pid, startEpoch(table.clock, p.startTicks));
+    }
+    const leaders = new Set(live);
+    for (const p of alive) {
+      if (p.pgid <= 1 || leaders.has(p.pgid) || !table) continue;
+      live.add(p.pgid);
+      const s = startEpoch(table.clock, p.startTicks);
+      const known = starts.get(p.pgid);
+      if (known === undefined || s < known) starts.set(p.pgid, s);
     }
     const storeRead = this.store.read({ pidsOfInterest: live, pidStartEpochs: starts });
     sources.store = storeRead.health;
@@ -105,9 +116,9 @@ export class ProjectSession {
     // Remember which pids the store ties to runs, so the process read details them too (uid,
     // swap). On a first read a run may name a process without a marker or pid file: read the
     // table once more then, rather than judge a tree whose uid is unknown.
-    const runPids = new Set((storeRead.snapshot?.runs ?? []).map((r) => r.pid).filter((p): p is number => p !== null));
+    const runPids = new Set((storeRead.snapshot?.runs ?? []).flatMap((r) => [r.pid, r.pgid]).filter((p): p is number => p !== null));
     this.interesting = runPids;
-    const undetailed = (table?.processes ?? []).some((p) => runPids.has(p.pid) && !p.detailed && p.state !== 'Z');
+    const undetailed = (table?.processes ?? []).some((p) => (runPids.has(p.pid) || runPids.has(p.pgid)) && !p.detailed && !isDead(p));
     if (undetailed && !this.rereading) {
       this.rereading = true;
       try {

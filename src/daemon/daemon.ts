@@ -63,6 +63,7 @@ export async function createDaemon(
     intervalSeconds: config.interval,
     observeOnly: config.observeOnly,
     reapOrphans: config.orphans,
+    reapSessions: config.reapSessions,
     gc: config.gc,
     growthWindowSeconds: config.growthWindow,
     planContext,

@@ -54,7 +54,7 @@ export async function explicitReap(
     if (!session) return { status: 404, body: { error: `project: not watched by this daemon: ${req.project}` } };
   }
   const s = session!;
-  const selection: Selection = { allLeaked: req.allLeaked, orphans: req.orphans, jobs: req.jobs, pids: req.pids, force: req.force, gc: false };
+  const selection: Selection = { allLeaked: req.allLeaked, orphans: req.orphans, sessions: req.sessions, jobs: req.jobs, pids: req.pids, force: req.force, gc: false };
   return deps.watchdog.exclusive(async () => {
     const inv = s.collect();
     const p = plan(inv, deps.policy, selection, deps.planContext);

@@ -15,7 +15,7 @@ export interface PlanExecutor {
 }
 
 export interface ExecutionSummary {
-  reaped: { verdict: string; result: 'ok' | 'failed' | 'skipped'; bytes: number; topPid: number; reason: string; detail?: string; code?: string }[];
+  reaped: { verdict: string; result: 'ok' | 'failed' | 'skipped'; bytes: number; topPid: number; reason: string; detail?: string; code?: string; sessionId?: string; pid?: number }[];
   pidFilesRemoved: { path: string; result: 'removed' | 'already-gone' | 'skipped' | 'failed'; reason: string }[];
   /** Refusals by code: explicit requests refused, kills skipped at re-verification. */
   refusals: Record<string, number>;
@@ -37,6 +37,8 @@ export interface WatchdogOptions {
   intervalSeconds: number;
   observeOnly: boolean;
   reapOrphans: boolean;
+  /** Stop leaked sessions inside adapters that live on (reap --sessions). */
+  reapSessions: boolean;
   gc: boolean;
   growthWindowSeconds: number;
   planContext: PlanContext;
@@ -79,7 +81,15 @@ export class Watchdog implements MetricsSource {
 
   get selection(): Selection {
     const effects = !this.opts.observeOnly;
-    return { allLeaked: effects, orphans: effects && this.opts.reapOrphans, jobs: [], pids: [], force: false, gc: effects && this.opts.gc };
+    return {
+      allLeaked: effects,
+      orphans: effects && this.opts.reapOrphans,
+      sessions: effects && this.opts.reapSessions,
+      jobs: [],
+      pids: [],
+      force: false,
+      gc: effects && this.opts.gc,
+    };
   }
 
   inventories(): ProjectInventory[] {
@@ -221,11 +231,12 @@ export class Watchdog implements MetricsSource {
     for (const [code, n] of Object.entries(summary.refusals)) this.opts.metrics?.recordRefusal(project, code, n);
     for (const r of summary.reaped) {
       if (r.result === 'skipped') {
-        log.warn({ project, topPid: r.topPid, verdict: r.verdict, reason: r.reason, detail: r.detail, code: r.code }, 'reap skipped');
+        log.warn({ project, topPid: r.topPid, ...(r.sessionId ? { sessionId: r.sessionId, pid: r.pid } : {}), verdict: r.verdict, reason: r.reason, detail: r.detail, code: r.code }, 'reap skipped');
         continue;
       }
       this.opts.metrics?.recordReap({ project, verdict: r.verdict, result: r.result, bytes: r.bytes });
-      const line = { project, topPid: r.topPid, verdict: r.verdict, result: r.result, bytesFreed: r.bytes, reason: r.reason, detail: r.detail };
+      const session = r.sessionId ? { sessionId: r.sessionId, pid: r.pid } : {};
+      const line = { project, topPid: r.topPid, ...session, verdict: r.verdict, result: r.result, bytesFreed: r.bytes, reason: r.reason, detail: r.detail };
       if (r.result === 'ok') log.info(line, 'reaped');
       else log.error(line, 'reap failed');
     }

@@ -18,6 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { ActionResult, Actor } from './execute.js';
+import type { ProcessOutcome } from './kill-tree.js';
 
 export const AUDIT_SCHEMA_VERSION = 1;
 
@@ -54,8 +55,8 @@ export interface AuditRecord {
   /** The watchdog's own pid. */
   watchdogPid: number;
   project: string;
-  action: 'kill-tree' | 'remove-pid-file' | 'refusal';
-  /** "tree 1234", a pid file path, or what the refused request named ("job job-1", "pid 99"). */
+  action: 'kill-tree' | 'kill-session' | 'remove-pid-file' | 'refusal';
+  /** "tree 1234", "session <uuid> (pid 5678) in tree 1234", a pid file path, or what the refused request named ("job job-1", "pid 99"). */
   target: string;
   /** Adapter verdict (kill, refusal) or pid-file verdict (removal); null when none applies. */
   verdict: string | null;
@@ -75,6 +76,20 @@ export interface AuditRecord {
   processes: { pid: number; startTicks: number; argv: string[]; signals: string[]; result: string; bytesFreed: number; note?: string }[];
   bytesFreed: number;
   pidFile: { path: string; pid: number | null; outcome: string | null } | null;
+  /** kill-session only: the session stopped inside the (untouched) tree. */
+  session?: { sessionId: string; pid: number; startTicks: number; processes: { pid: number; startTicks: number; argv: string[] }[] };
+}
+
+function processRecords(processes: readonly ProcessOutcome[]): AuditRecord['processes'] {
+  return processes.map((p) => ({
+    pid: p.pid,
+    startTicks: p.startTicks,
+    argv: p.argv,
+    signals: p.signals.map((s) => `${s.signal}/${s.via}`),
+    result: p.result,
+    bytesFreed: p.bytesFreed,
+    ...(p.note ? { note: p.note } : {}),
+  }));
 }
 
 function treeOf(t: { topPid: number; top: { startTicks: number } | null; processes: { pid: number; startTicks: number; argv: string[] }[] }): AuditRecord['tree'] {
@@ -107,17 +122,34 @@ export function auditRecord(result: ActionResult, meta: { actor: Actor; user?: A
         tree: treeOf(result.tree),
         jobs: result.jobs,
         groupSignals: result.groupSignals,
-        processes: result.processes.map((p) => ({
-          pid: p.pid,
-          startTicks: p.startTicks,
-          argv: p.argv,
-          signals: p.signals.map((s) => `${s.signal}/${s.via}`),
-          result: p.result,
-          bytesFreed: p.bytesFreed,
-          ...(p.note ? { note: p.note } : {}),
-        })),
+        processes: processRecords(result.processes),
         bytesFreed: result.bytesFreed,
         pidFile: result.pidFile ? { path: result.pidFile.path, pid: result.pidFile.pid, outcome: result.pidFile.outcome } : result.tree.pidFile ? { path: result.tree.pidFile, pid: result.topPid, outcome: null } : null,
+      };
+    case 'kill-session':
+      return {
+        ...common,
+        action: 'kill-session',
+        target: `session ${result.sessionId} (pid ${result.pid}) in tree ${result.topPid}`,
+        verdict: result.verdict,
+        reason: result.reason,
+        selectedBy: result.selectedBy,
+        forced: false,
+        outcome: result.outcome,
+        code: result.code ?? null,
+        detail: result.detail,
+        tree: treeOf(result.tree),
+        jobs: result.jobs,
+        groupSignals: [],
+        processes: processRecords(result.processes),
+        bytesFreed: result.bytesFreed,
+        pidFile: null,
+        session: {
+          sessionId: result.sessionId,
+          pid: result.pid,
+          startTicks: result.startTicks,
+          processes: result.session.processes.map((p) => ({ pid: p.pid, startTicks: p.startTicks, argv: p.argv })),
+        },
       };
     case 'remove-pid-file':
       return {

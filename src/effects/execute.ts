@@ -3,10 +3,20 @@
 // when gc is on, then the planned stale pid files. Every result is audited (fsync'd) as soon as
 // it is known; no action is started without a writable audit log.
 
-import { plan as planFn, type Plan, type PlanContext, type RefusalCode, type KillTreeAction, type Refusal } from '../core/plan.js';
+import { plan as planFn, type KillSessionAction, type KillTreeAction, type Plan, type PlanContext, type Refusal } from '../core/plan.js';
 import type { AdapterTree, Policy, ProjectInventory } from '../core/types.js';
 import { AuditLogError, auditRecord, currentUser, type AuditLog } from './audit-log.js';
-import { killTree, sameTree, type KillSkipCode, type KillTreeDeps, type KillTreeResult, type RecheckResult } from './kill-tree.js';
+import {
+  killSession,
+  killTree,
+  sameTree,
+  type KillSessionResult,
+  type KillSkipCode,
+  type KillTreeDeps,
+  type KillTreeResult,
+  type RecheckResult,
+  type SessionRecheckResult,
+} from './kill-tree.js';
 import { selfPlanContext } from './self.js';
 import { removePidFile, removePidFileOfReapedTree, type PidFileResult, type RemovePidFileDeps } from './remove-pid-file.js';
 
@@ -17,7 +27,7 @@ export interface RefusalResult extends Refusal {
   forced: boolean;
 }
 
-export type ActionResult = (KillTreeResult & { pidFile?: PidFileResult }) | PidFileResult | RefusalResult;
+export type ActionResult = (KillTreeResult & { pidFile?: PidFileResult }) | KillSessionResult | PidFileResult | RefusalResult;
 
 /** What executePlan needs of a project session (ProjectSession satisfies it). */
 export interface CollectingSession {
@@ -66,7 +76,7 @@ export function recheckTree(session: CollectingSession, action: KillTreeAction, 
     return { refused: `tree ${action.tree.topPid} (start ticks ${action.tree.top?.startTicks ?? '?'}) is no longer in the inventory`, code: 'identity_changed' };
   }
   const policy = session.options.policy;
-  const again = planFn(inv, policy, { allLeaked: false, orphans: false, jobs: [], pids: [fresh.topPid], force: action.forced, gc: false }, ctx);
+  const again = planFn(inv, policy, { allLeaked: false, orphans: false, sessions: false, jobs: [], pids: [fresh.topPid], force: action.forced, gc: false }, ctx);
   if (!again.actions.some((a) => a.kind === 'kill-tree' && a.tree.topPid === fresh.topPid)) {
     const r = again.refusals[0];
     const code: KillSkipCode = !r ? 'identity_changed' : r.code === 'not_reapable' ? 'verdict_changed' : r.code;
@@ -82,6 +92,34 @@ export function recheckTree(session: CollectingSession, action: KillTreeAction, 
     return { refused: `re-verification: tree ${fresh.topPid} is younger than the spawn grace`, code: 'grace' };
   }
   return fresh;
+}
+
+/**
+ * Re-collect and re-plan the sessions: the same session (CLI pid, start ticks, id) in the same
+ * tree must still be planned to stop now — still leaked, past the grace, its tree still one that
+ * lives on (not reaped whole, not foreign), no protection or adoption race in the way.
+ */
+export function recheckSession(session: CollectingSession, action: KillSessionAction, ctx: PlanContext): SessionRecheckResult {
+  const inv = session.collect();
+  const down = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'store' || name === 'processes'));
+  if (down.length > 0) {
+    return { refused: `re-verification: ${down.map(([, h]) => h.error ?? 'unreadable').join('; ')}: nothing signalled`, code: 'source_down' };
+  }
+  const tree = inv.adapters.find((t) => t.verdict !== 'in-vm' && sameTree(action.tree, t));
+  if (!tree) return { refused: `tree ${action.tree.topPid} of session ${action.session.sessionId} is no longer in the inventory`, code: 'identity_changed' };
+  const planned = action.session;
+  const fresh = tree.sessions.find((x) => x.pid === planned.pid && x.startTicks === planned.startTicks);
+  if (!fresh || fresh.sessionId !== planned.sessionId) {
+    return { refused: `session ${planned.sessionId}: CLI ${planned.pid} (start ticks ${planned.startTicks}) is no longer in tree ${tree.topPid}`, code: 'identity_changed' };
+  }
+  const again = planFn(inv, session.options.policy, { allLeaked: false, orphans: false, sessions: true, jobs: [], pids: [], force: false, gc: false }, ctx);
+  const still = again.actions.some((a) => a.kind === 'kill-session' && a.session.pid === fresh.pid && a.session.startTicks === fresh.startTicks);
+  if (!still) {
+    if (fresh.verdict !== 'leaked') return { refused: `re-verification: session ${fresh.sessionId} is now ${fresh.verdict}: ${fresh.reason}`, code: 'verdict_changed' };
+    const r = again.refusals.find((x) => x.target.startsWith(`session ${fresh.sessionId}`));
+    return { refused: `re-verification: ${r?.reason ?? `session ${fresh.sessionId} is no longer planned (tree ${tree.topPid} is ${tree.verdict})`}`, code: r?.code ?? 'verdict_changed' };
+  }
+  return { tree, session: fresh };
 }
 
 export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<ExecutionReport> {
@@ -128,6 +166,7 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
   }
 
   const kills = p.actions.filter((a) => a.kind === 'kill-tree');
+  const sessionKills = p.actions.filter((a) => a.kind === 'kill-session');
   const files = p.actions.filter((a) => a.kind === 'remove-pid-file');
   const removedByKill = new Set<string>();
   let index = 0;
@@ -153,7 +192,23 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
     }
     report.results.push(result);
     if (!audit(result)) {
-      report.notCarriedOut = kills.length - index + files.length;
+      report.notCarriedOut = kills.length - index + sessionKills.length + files.length;
+      return report;
+    }
+  }
+  index = 0;
+  for (const action of sessionKills) {
+    index += 1;
+    const result = await killSession(action, {
+      protectedPids: [ctx.selfPid, ...ctx.selfAncestors],
+      ...sessionDeps(opts.killDeps),
+      recheck: () => recheckSession(opts.session, action, ctx),
+      killWaitMs: opts.killWaitMs,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    report.results.push(result);
+    if (!audit(result)) {
+      report.notCarriedOut = sessionKills.length - index + files.length;
       return report;
     }
   }
@@ -176,6 +231,13 @@ export async function executePlan(p: Plan, opts: ExecuteOptions): Promise<Execut
   return report;
 }
 
+/** The kill test seams that apply to a session (no group is ever signalled there). */
+function sessionDeps(d: ExecuteOptions['killDeps']): Partial<Omit<KillTreeDeps, 'recheck' | 'killWaitMs' | 'signal' | 'groupMembers'>> {
+  if (!d) return {};
+  const { groupMembers: _unused, ...rest } = d;
+  return rest;
+}
+
 // ── summaries (CLI totals, daemon metrics, HTTP API) ──────────────────────────────────────────
 
 export interface ReapSummaryEntry {
@@ -187,6 +249,9 @@ export interface ReapSummaryEntry {
   detail: string;
   /** Why skipped/failed (bounded: a metric label value). */
   code?: string;
+  /** Session kills: the session and its CLI pid (topPid is the adapter it lived in). */
+  sessionId?: string;
+  pid?: number;
 }
 
 export interface ExecutionSummaryData {
@@ -196,7 +261,18 @@ export interface ExecutionSummaryData {
   pidFilesRemoved: { path: string; result: 'removed' | 'already-gone' | 'skipped' | 'failed'; reason: string }[];
   /** refusals_total{code}: explicit refusals and kills skipped at re-verification. */
   refusals: Record<string, number>;
-  counts: { ok: number; failed: number; skipped: number; pidFilesRemoved: number; pidFilesFailed: number; refused: number };
+  /** ok/failed/skipped count trees; sessions* count session kills. */
+  counts: {
+    ok: number;
+    failed: number;
+    skipped: number;
+    sessionsOk: number;
+    sessionsFailed: number;
+    sessionsSkipped: number;
+    pidFilesRemoved: number;
+    pidFilesFailed: number;
+    refused: number;
+  };
   bytesFreed: number;
   /** True when some action failed (a kill or an unlink): CLI exit code 1. */
   anyFailed: boolean;
@@ -207,7 +283,7 @@ export function summarise(results: readonly ActionResult[]): ExecutionSummaryDat
     reaped: [],
     pidFilesRemoved: [],
     refusals: {},
-    counts: { ok: 0, failed: 0, skipped: 0, pidFilesRemoved: 0, pidFilesFailed: 0, refused: 0 },
+    counts: { ok: 0, failed: 0, skipped: 0, sessionsOk: 0, sessionsFailed: 0, sessionsSkipped: 0, pidFilesRemoved: 0, pidFilesFailed: 0, refused: 0 },
     bytesFreed: 0,
     anyFailed: false,
   };
@@ -220,7 +296,7 @@ export function summarise(results: readonly ActionResult[]): ExecutionSummaryDat
     }
   };
   for (const r of results) {
-    if (r.kind === 'kill-tree') {
+    if (r.kind === 'kill-tree' || r.kind === 'kill-session') {
       out.reaped.push({
         verdict: r.verdict,
         result: r.outcome,
@@ -229,12 +305,14 @@ export function summarise(results: readonly ActionResult[]): ExecutionSummaryDat
         reason: r.reason,
         detail: r.detail,
         ...(r.code ? { code: r.code } : {}),
+        ...(r.kind === 'kill-session' ? { sessionId: r.sessionId, pid: r.pid } : {}),
       });
-      out.counts[r.outcome] += 1;
+      if (r.kind === 'kill-tree') out.counts[r.outcome] += 1;
+      else out.counts[r.outcome === 'ok' ? 'sessionsOk' : r.outcome === 'failed' ? 'sessionsFailed' : 'sessionsSkipped'] += 1;
       out.bytesFreed += r.bytesFreed;
       if (r.outcome === 'failed') out.anyFailed = true;
       if (r.outcome === 'skipped') out.refusals[r.code ?? 'identity_changed'] = (out.refusals[r.code ?? 'identity_changed'] ?? 0) + 1;
-      if (r.pidFile) pidFile(r.pidFile);
+      if (r.kind === 'kill-tree' && r.pidFile) pidFile(r.pidFile);
     } else if (r.kind === 'remove-pid-file') {
       pidFile(r);
     } else {

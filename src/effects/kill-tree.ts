@@ -16,8 +16,8 @@
 //  4. Report per process. ESRCH = gone (success); EPERM = failure, reported once, never retried.
 
 import { readdirSync, readFileSync } from 'node:fs';
-import type { KillTreeAction, RefusalCode } from '../core/plan.js';
-import type { AdapterTree, AdapterVerdict, ProcessIdentity, TreeProcess } from '../core/types.js';
+import { SESSION_KILL_VERDICT, type KillSessionAction, type KillTreeAction, type RefusalCode } from '../core/plan.js';
+import type { AdapterSession, AdapterTree, AdapterVerdict, ProcessIdentity, SessionVerdict, TreeProcess } from '../core/types.js';
 import { parseStat } from '../sources/proc-stat.js';
 import { readIdentity as readIdentityFromProc, type LiveIdentity } from '../sources/processes.js';
 
@@ -205,16 +205,222 @@ interface Target {
   open: boolean;
 }
 
+/** What the stages need: how to read an identity, signal, wait; what is never signalled. */
+interface Stage {
+  readIdentity: (pid: number) => LiveIdentity | null;
+  kill: (pid: number, signal: SignalName) => void;
+  sleep: (ms: number) => Promise<void>;
+  pollMs: number;
+  signal: AbortSignal | undefined;
+  groupMembers: (pgid: number) => LiveIdentity[] | null;
+  protectedPids: ReadonlySet<number>;
+}
+
+function stageOf(deps: KillTreeDeps | KillSessionDeps): Stage {
+  return {
+    readIdentity: deps.readIdentity ?? ((pid: number) => readIdentityFromProc(pid)),
+    kill: deps.kill ?? ((pid: number, sig: SignalName) => void process.kill(pid, sig)),
+    sleep: deps.sleep ?? defaultSleep,
+    pollMs: deps.pollMs ?? 50,
+    signal: deps.signal,
+    groupMembers: ('groupMembers' in deps && deps.groupMembers) || ((pgid: number) => liveGroupMembers(pgid)),
+    protectedPids: new Set(deps.protectedPids ?? [process.pid, process.ppid]),
+  };
+}
+
+function newOutcome(p: TreeProcess, result: ProcessResult, note?: string): ProcessOutcome {
+  return { pid: p.pid, startTicks: p.startTicks, argv: p.argv, signals: [], result, bytesFreed: 0, ...(note ? { note } : {}) };
+}
+
+/**
+ * Stage 1: each fresh process's identity re-read; only exact (pid, start ticks) matches become
+ * targets. Planned processes the fresh view no longer holds are reported, never signalled (gone
+ * is fine; alive means it left the tree and is no longer provably ours).
+ */
+function verifyTargets(stage: Stage, planned: readonly TreeProcess[], fresh: readonly TreeProcess[], leftNote: string): { targets: Target[]; outcomes: ProcessOutcome[] } {
+  const targets: Target[] = [];
+  const outcomes: ProcessOutcome[] = [];
+  for (const p of fresh) {
+    const now = stage.readIdentity(p.pid);
+    if (now === null || isDeadState(now.state)) {
+      outcomes.push(newOutcome(p, 'gone', 'exited before any signal'));
+    } else if (now.startTicks !== p.startTicks) {
+      // Its pid now names another process: the original is gone and the new one is not ours.
+      outcomes.push(newOutcome(p, 'skipped-identity-changed', `pid ${p.pid} now names another process (start ticks ${now.startTicks}): not signalled`));
+    } else {
+      const o = newOutcome(p, 'still-alive');
+      outcomes.push(o);
+      targets.push({ proc: p, outcome: o, open: true });
+    }
+  }
+  for (const p of planned) {
+    if (fresh.some((q) => q.pid === p.pid)) continue;
+    const now = stage.readIdentity(p.pid);
+    if (now === null || now.startTicks !== p.startTicks || isDeadState(now.state)) outcomes.push(newOutcome(p, 'gone', 'exited since the plan'));
+    else outcomes.push(newOutcome(p, 'still-alive', leftNote));
+  }
+  return { targets, outcomes };
+}
+
+/** Re-read a target; close it when gone (or reused). Its live identity while it is the same process. */
+function current(stage: Stage, t: Target): LiveIdentity | null {
+  if (!t.open) return null;
+  const now = stage.readIdentity(t.proc.pid);
+  if (now === null || isDeadState(now.state)) {
+    t.open = false;
+    t.outcome.result = 'gone';
+    return null;
+  }
+  if (now.startTicks !== t.proc.startTicks) {
+    // The original exited and its pid was reused: the original is gone; the new one is not ours.
+    t.open = false;
+    t.outcome.result = t.outcome.signals.length > 0 ? 'gone' : 'skipped-identity-changed';
+    if (t.outcome.signals.length === 0) t.outcome.note = `pid ${t.proc.pid} now names another process: not signalled`;
+    return null;
+  }
+  return now;
+}
+
+type GroupSignals = KillTreeResult['groupSignals'];
+
+/**
+ * Stage 2: one signal to the tree's own group (when `pgid` is given: the top pid, carried by a
+ * verified member, so not reusable) and to every verified target outside it, each re-read right
+ * before its signal. `pgid` null: every target individually (a session inside a live adapter).
+ */
+function signalTargets(stage: Stage, targets: readonly Target[], sig: SignalName, pgid: number | null, groupSignals: GroupSignals): void {
+  const covered = new Set<Target>();
+  if (pgid !== null) {
+    const inGroup: Target[] = [];
+    for (const t of targets) if (current(stage, t)?.pgid === pgid) inGroup.push(t);
+    if (inGroup.length > 0) {
+      // Its members are all descendants of our session leader. Still, never send a group signal
+      // that would reach a protected process.
+      const members = stage.groupMembers(pgid);
+      const blocked = members === null ? 'its members could not be listed' : members.some((m) => m.pid <= 1 || stage.protectedPids.has(m.pid)) ? 'it holds a protected process' : null;
+      if (blocked === null) {
+        try {
+          stage.kill(-pgid, sig);
+          groupSignals.push({ pgid, signal: sig, result: 'sent' });
+          for (const t of inGroup) {
+            t.outcome.signals.push({ signal: sig, via: 'group' });
+            covered.add(t);
+          }
+        } catch (err) {
+          const code = errCode(err);
+          // ESRCH: the group emptied meanwhile (its members are gone: the checks below see it).
+          // EPERM (or anything else): fall back to individual signals, each judged on its own.
+          groupSignals.push({ pgid, signal: sig, result: code === 'ESRCH' ? 'esrch' : 'eperm' });
+          if (code === 'ESRCH') for (const t of inGroup) covered.add(t);
+        }
+      } else {
+        for (const t of inGroup) t.outcome.note ??= `group ${pgid} not signalled (${blocked}): signalled individually`;
+      }
+    }
+  }
+  // Individually: members outside the group (setsid'd descendants escape group kills), and all
+  // members when no group signal was sent. Each identity re-read right before its signal.
+  for (const t of targets) {
+    if (covered.has(t) || current(stage, t) === null) continue;
+    try {
+      stage.kill(t.proc.pid, sig);
+      t.outcome.signals.push({ signal: sig, via: 'process' });
+    } catch (err) {
+      const code = errCode(err);
+      t.open = false;
+      if (code === 'ESRCH') t.outcome.result = 'gone'; // gone between the read and the signal: success
+      else {
+        // EPERM: reported once, never retried (not even with SIGKILL).
+        t.outcome.result = 'eperm';
+        t.outcome.note = `${sig}: ${code ?? (err as Error).message}`;
+      }
+    }
+  }
+}
+
+/** Poll until every open target is gone, the time is up, or the signal aborts. True when all gone. */
+async function waitGone(stage: Stage, targets: readonly Target[], ms: number, abortable: boolean): Promise<boolean> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    for (const t of targets) current(stage, t);
+    if (!targets.some((t) => t.open)) return true;
+    if (abortable && stage.signal?.aborted) return false;
+    if (performance.now() >= deadline) return false;
+    await stage.sleep(Math.min(stage.pollMs, Math.max(1, deadline - performance.now())));
+  }
+}
+
+/** Stages 2–3: SIGTERM, wait (cancellable), SIGKILL what remains, confirm. True when aborted before SIGKILL. */
+async function terminate(stage: Stage, targets: readonly Target[], o: { pgid: number | null; killWaitMs: number; confirmWaitMs: number; groupSignals: GroupSignals }): Promise<boolean> {
+  let aborted = false;
+  if (targets.length > 0) {
+    signalTargets(stage, targets, 'SIGTERM', o.pgid, o.groupSignals);
+    const allGone = await waitGone(stage, targets, o.killWaitMs, true);
+    if (!allGone && stage.signal?.aborted) {
+      // Cancelled: the escalation is dropped, nothing more is signalled.
+      aborted = true;
+      for (const t of targets) if (t.open) t.outcome.note = 'aborted before SIGKILL';
+    } else if (!allGone) {
+      signalTargets(stage, targets, 'SIGKILL', o.pgid, o.groupSignals);
+      await waitGone(stage, targets, o.confirmWaitMs, false);
+    }
+  }
+  for (const t of targets) {
+    if (t.open) t.outcome.result = 'still-alive';
+    // Memory is freed when a process we signalled is gone (a zombie has freed it too).
+    if (t.outcome.result === 'gone' && t.outcome.signals.length > 0) t.outcome.bytesFreed = t.proc.rssBytes + t.proc.swapBytes;
+  }
+  return aborted;
+}
+
+/** Stage 4: the outcome, its code and one line for humans. */
+function verdictOf(outcomes: readonly ProcessOutcome[], targets: readonly Target[], aborted: boolean): { outcome: 'ok' | 'failed'; code?: 'aborted' | 'eperm' | 'still_alive'; detail: string } {
+  const alive = outcomes.filter((o) => o.result === 'still-alive');
+  const eperm = outcomes.filter((o) => o.result === 'eperm');
+  const gone = outcomes.filter((o) => o.result === 'gone');
+  const signalled = outcomes.some((o) => o.signals.some((x) => x.signal === 'SIGKILL')) ? 'SIGTERM, then SIGKILL' : 'SIGTERM';
+  if (alive.length === 0 && eperm.length === 0) {
+    return { outcome: 'ok', detail: targets.length === 0 ? `all ${outcomes.length} process(es) already gone` : `${gone.length} process(es) gone (${signalled})` };
+  }
+  const parts: string[] = [];
+  if (alive.length) parts.push(`${alive.length} still alive (pid ${alive.map((o) => o.pid).join(', ')})`);
+  if (eperm.length) parts.push(`${eperm.length} not permitted (pid ${eperm.map((o) => o.pid).join(', ')})`);
+  return { outcome: 'failed', code: aborted ? 'aborted' : eperm.length > 0 ? 'eperm' : 'still_alive', detail: `${parts.join('; ')}${aborted ? ': aborted before SIGKILL' : ''}` };
+}
+
+type Early = { outcome: 'skipped'; code: KillSkipCode; detail: string } | { outcome: 'ok'; detail: string; processes: ProcessOutcome[] };
+
+/**
+ * Stage 1a: the caller's re-collection. A refusal whose planned processes are all gone already
+ * (reaped by another executor, or exited on its own) is success, not a failure; nothing is
+ * signalled here in any case. A throwing re-collection is a bug there: no evidence, no signal.
+ */
+function recheckStage<T extends object>(stage: Stage, recheck: () => T | { refused: string; code?: KillSkipCode }, planned: readonly TreeProcess[]): { fresh: T } | { early: Early } {
+  if (stage.signal?.aborted) return { early: { outcome: 'skipped', code: 'aborted', detail: 'aborted before re-verification: nothing signalled' } };
+  let fresh: T | { refused: string; code?: KillSkipCode };
+  try {
+    fresh = recheck();
+  } catch (err) {
+    return { early: { outcome: 'skipped', code: 'source_down', detail: `re-verification failed (${(err as Error).message}): nothing signalled` } };
+  }
+  if (!('refused' in fresh)) return { fresh };
+  if (allPlannedGone(stage, planned)) {
+    return { early: { outcome: 'ok', detail: `already gone before re-verification (${fresh.refused})`, processes: planned.map((p) => newOutcome(p, 'gone', 'already gone')) } };
+  }
+  return { early: { outcome: 'skipped', code: fresh.code ?? 'identity_changed', detail: fresh.refused } };
+}
+
+/** Every planned process gone (or a zombie, or its pid now another process): nothing left to do. */
+function allPlannedGone(stage: Stage, planned: readonly TreeProcess[]): boolean {
+  return planned.length > 0 && planned.every((p) => {
+    const now = stage.readIdentity(p.pid);
+    return now === null || now.startTicks !== p.startTicks || isDeadState(now.state);
+  });
+}
+
 export async function killTree(action: KillTreeAction, deps: KillTreeDeps): Promise<KillTreeResult> {
   const t0 = performance.now();
-  const readIdentity = deps.readIdentity ?? ((pid: number) => readIdentityFromProc(pid));
-  const kill = deps.kill ?? ((pid: number, sig: SignalName) => void process.kill(pid, sig));
-  const sleep = deps.sleep ?? defaultSleep;
-  const killWaitMs = deps.killWaitMs ?? 5000;
-  const pollMs = deps.pollMs ?? 50;
-  const confirmWaitMs = deps.confirmWaitMs ?? 3000;
-  const groupMembers = deps.groupMembers ?? ((pgid: number) => liveGroupMembers(pgid));
-  const protectedPids = new Set(deps.protectedPids ?? [process.pid, process.ppid]);
+  const stage = stageOf(deps);
   const planned = action.tree;
 
   const base = {
@@ -231,214 +437,128 @@ export async function killTree(action: KillTreeAction, deps: KillTreeDeps): Prom
   const finish = (r: Omit<KillTreeResult, keyof typeof base | 'durationMs' | 'bytesFreed'>): KillTreeResult => ({
     ...base,
     ...r,
-    bytesFreed: r.processes.reduce((s, p) => s + p.bytesFreed, 0),
+    bytesFreed: r.processes.reduce((sum, p) => sum + p.bytesFreed, 0),
     durationMs: Math.round(performance.now() - t0),
   });
   const skipped = (code: KillSkipCode, detail: string, freshVerdict: AdapterVerdict | null, jobs = jobsOf(planned)): KillTreeResult =>
     finish({ outcome: 'skipped', code, detail, freshVerdict, jobs, groupSignals: [], processes: [] });
 
-  if (deps.signal?.aborted) return skipped('aborted', 'aborted before re-verification: nothing signalled', null);
-
   // ── 1. re-verification ────────────────────────────────────────────────────────────────────
-  let fresh: RecheckResult;
-  try {
-    fresh = deps.recheck();
-  } catch (err) {
-    // A bug in the caller's re-collection: no evidence, no signal.
-    return skipped('source_down', `re-verification failed (${(err as Error).message}): nothing signalled`, null);
+  const checked = recheckStage(stage, deps.recheck, planned.processes);
+  if ('early' in checked) {
+    const e = checked.early;
+    if (e.outcome === 'skipped') return skipped(e.code, e.detail, null);
+    return finish({ outcome: 'ok', detail: e.detail, freshVerdict: null, jobs: jobsOf(planned), groupSignals: [], processes: e.processes });
   }
-  if ('refused' in fresh) {
-    // The tree may simply be gone already (reaped by another executor, or exited on its own):
-    // that is success, not a failure. Only when every planned process is gone (or a zombie, or
-    // its pid now names another process) — nothing is signalled here in any case.
-    const states = planned.processes.map((p) => ({ p, now: readIdentity(p.pid) }));
-    const allGone = states.length > 0 && states.every(({ p, now }) => now === null || now.startTicks !== p.startTicks || isDeadState(now.state));
-    if (allGone) {
-      return finish({
-        outcome: 'ok',
-        detail: `already gone before re-verification (${fresh.refused})`,
-        freshVerdict: null,
-        jobs: jobsOf(planned),
-        groupSignals: [],
-        processes: states.map(({ p }) => ({ pid: p.pid, startTicks: p.startTicks, argv: p.argv, signals: [], result: 'gone', bytesFreed: 0, note: 'already gone' })),
-      });
-    }
-    return skipped(fresh.code ?? 'identity_changed', fresh.refused, null);
-  }
+  const fresh = checked.fresh;
   if (!sameTree(planned, fresh)) {
     return skipped('identity_changed', `tree ${planned.topPid}: top identity changed (start ticks ${planned.top?.startTicks ?? '?'} → ${fresh.top?.startTicks ?? '?'}): not the planned process`, fresh.verdict, jobsOf(fresh));
   }
   const vp = verdictProblem(action, fresh);
   if (vp) return skipped('verdict_changed', vp, fresh.verdict, jobsOf(fresh));
-  const op = ownershipProblem(planned, fresh, protectedPids);
+  const op = ownershipProblem(planned, fresh, stage.protectedPids);
   if (op) return skipped('ownership_changed', op, fresh.verdict, jobsOf(fresh));
 
-  const targets: Target[] = [];
-  const outcomes: ProcessOutcome[] = [];
-  const outcome = (p: TreeProcess, result: ProcessResult, note?: string): ProcessOutcome => ({
-    pid: p.pid,
-    startTicks: p.startTicks,
-    argv: p.argv,
-    signals: [],
-    result,
-    bytesFreed: 0,
-    ...(note ? { note } : {}),
-  });
-  for (const p of fresh.processes) {
-    const now = readIdentity(p.pid);
-    if (now === null || isDeadState(now.state)) {
-      // Exited on its own since the re-collection: fine, nothing to signal.
-      outcomes.push(outcome(p, 'gone', 'exited before any signal'));
-    } else if (now.startTicks !== p.startTicks) {
-      // Its pid now names another process: the original is gone and the new one is not ours.
-      outcomes.push(outcome(p, 'skipped-identity-changed', `pid ${p.pid} now names another process (start ticks ${now.startTicks}): not signalled`));
-    } else {
-      const o = outcome(p, 'still-alive');
-      outcomes.push(o);
-      targets.push({ proc: p, outcome: o, open: true });
-    }
-  }
-  // Planned members the fresh tree no longer holds: gone is fine; alive means it left the tree
-  // (e.g. a setsid'd process whose parent died) and is no longer provably ours — not signalled.
-  for (const p of planned.processes) {
-    if (fresh.processes.some((q) => q.pid === p.pid)) continue;
-    const now = readIdentity(p.pid);
-    if (now === null || now.startTicks !== p.startTicks || isDeadState(now.state)) outcomes.push(outcome(p, 'gone', 'exited since the plan'));
-    else outcomes.push(outcome(p, 'still-alive', 'no longer part of the tree at re-verification: not signalled'));
-  }
-
-  const groupSignals: KillTreeResult['groupSignals'] = [];
-
-  /** Re-read a target; close it when gone (or reused). Its live identity while it is the same process. */
-  const current = (t: Target): LiveIdentity | null => {
-    if (!t.open) return null;
-    const now = readIdentity(t.proc.pid);
-    if (now === null || isDeadState(now.state)) {
-      t.open = false;
-      t.outcome.result = 'gone';
-      return null;
-    }
-    if (now.startTicks !== t.proc.startTicks) {
-      // The original exited and its pid was reused: the original is gone; the new one is not ours.
-      t.open = false;
-      t.outcome.result = t.outcome.signals.length > 0 ? 'gone' : 'skipped-identity-changed';
-      if (t.outcome.signals.length === 0) t.outcome.note = `pid ${t.proc.pid} now names another process: not signalled`;
-      return null;
-    }
-    return now;
-  };
-
-  const signalAll = (sig: SignalName): void => {
-    const pgid = fresh.topPid;
-    // Re-verify right before the group signal: which verified members are alive in the tree's group now.
-    const inGroup: Target[] = [];
-    for (const t of targets) if (current(t)?.pgid === pgid) inGroup.push(t);
-    const covered = new Set<Target>();
-    if (inGroup.length > 0) {
-      // The group is the tree's own (its id is the top pid, and a verified member of ours carries
-      // it: a live group id cannot be reused by another process). Its members are all descendants
-      // of our session leader. Still, never send a group signal that would reach a protected process.
-      const members = groupMembers(pgid);
-      const blocked = members === null ? 'its members could not be listed' : members.some((m) => m.pid <= 1 || protectedPids.has(m.pid)) ? 'it holds a protected process' : null;
-      if (blocked === null) {
-        try {
-          kill(-pgid, sig);
-          groupSignals.push({ pgid, signal: sig, result: 'sent' });
-          for (const t of inGroup) {
-            t.outcome.signals.push({ signal: sig, via: 'group' });
-            covered.add(t);
-          }
-        } catch (err) {
-          const code = errCode(err);
-          // ESRCH: the group emptied meanwhile (its members are gone: the checks below see it).
-          // EPERM (or anything else): fall back to individual signals, each judged on its own.
-          groupSignals.push({ pgid, signal: sig, result: code === 'ESRCH' ? 'esrch' : 'eperm' });
-          if (code === 'ESRCH') for (const t of inGroup) covered.add(t);
-        }
-      } else {
-        // Fallback: no group signal; every verified member is signalled individually below.
-        for (const t of inGroup) t.outcome.note ??= `group ${pgid} not signalled (${blocked}): signalled individually`;
-      }
-    }
-    // Individually: members outside the group (setsid'd descendants escape group kills), and all
-    // members when the group signal was not sent. Each identity re-read right before its signal.
-    for (const t of targets) {
-      if (covered.has(t) || current(t) === null) continue;
-      try {
-        kill(t.proc.pid, sig);
-        t.outcome.signals.push({ signal: sig, via: 'process' });
-      } catch (err) {
-        const code = errCode(err);
-        if (code === 'ESRCH') {
-          t.open = false; // gone between the read and the signal: success
-          t.outcome.result = 'gone';
-        } else {
-          // EPERM: reported once, never retried (not even with SIGKILL).
-          t.open = false;
-          t.outcome.result = 'eperm';
-          t.outcome.note = `${sig}: ${code ?? (err as Error).message}`;
-        }
-      }
-    }
-  };
-
-  /** Poll until every open target is gone, the time is up, or the signal aborts. True when all gone. */
-  const waitGone = async (ms: number, abortable: boolean): Promise<boolean> => {
-    const deadline = performance.now() + ms;
-    for (;;) {
-      for (const t of targets) current(t);
-      if (!targets.some((t) => t.open)) return true;
-      if (abortable && deps.signal?.aborted) return false;
-      if (performance.now() >= deadline) return false;
-      await sleep(Math.min(pollMs, Math.max(1, deadline - performance.now())));
-    }
-  };
-
-  // ── 2. SIGTERM ────────────────────────────────────────────────────────────────────────────
-  let aborted = false;
-  if (targets.length > 0) {
-    signalAll('SIGTERM');
-    // ── 3. wait, then SIGKILL what remains ──────────────────────────────────────────────────
-    const allGone = await waitGone(killWaitMs, true);
-    if (!allGone && deps.signal?.aborted) {
-      // Cancelled: the escalation is dropped, nothing more is signalled.
-      aborted = true;
-      for (const t of targets) if (t.open) t.outcome.note = 'aborted before SIGKILL';
-    } else if (!allGone) {
-      signalAll('SIGKILL');
-      await waitGone(confirmWaitMs, false);
-    }
-  }
-  for (const t of targets) {
-    if (t.open) t.outcome.result = 'still-alive';
-    // Memory is freed when a process we signalled is gone (a zombie has freed it too).
-    if (t.outcome.result === 'gone' && t.outcome.signals.length > 0) t.outcome.bytesFreed = t.proc.rssBytes + t.proc.swapBytes;
-  }
-
+  const { targets, outcomes } = verifyTargets(stage, planned.processes, fresh.processes, 'no longer part of the tree at re-verification: not signalled');
+  // ── 2–3. SIGTERM to the group and every verified member, wait, SIGKILL, confirm ────────────
+  const groupSignals: GroupSignals = [];
+  const aborted = await terminate(stage, targets, { pgid: fresh.topPid, killWaitMs: deps.killWaitMs ?? 5000, confirmWaitMs: deps.confirmWaitMs ?? 3000, groupSignals });
   // ── 4. report ─────────────────────────────────────────────────────────────────────────────
-  const alive = outcomes.filter((o) => o.result === 'still-alive');
-  const eperm = outcomes.filter((o) => o.result === 'eperm');
-  const gone = outcomes.filter((o) => o.result === 'gone');
-  const signalled = outcomes.some((o) => o.signals.some((s) => s.signal === 'SIGKILL')) ? 'SIGTERM, then SIGKILL' : 'SIGTERM';
-  const failed = alive.length > 0 || eperm.length > 0;
-  let detail: string;
-  let code: KillTreeResult['code'];
-  if (!failed) {
-    detail = targets.length === 0 ? `all ${outcomes.length} process(es) already gone` : `${gone.length} process(es) gone (${signalled})`;
-  } else {
-    const parts: string[] = [];
-    if (alive.length) parts.push(`${alive.length} still alive (pid ${alive.map((o) => o.pid).join(', ')})`);
-    if (eperm.length) parts.push(`${eperm.length} not permitted (pid ${eperm.map((o) => o.pid).join(', ')})`);
-    detail = `${parts.join('; ')}${aborted ? ': aborted before SIGKILL' : ''}`;
-    code = aborted ? 'aborted' : eperm.length > 0 ? 'eperm' : 'still_alive';
-  }
-  return finish({
-    outcome: failed ? 'failed' : 'ok',
-    ...(code ? { code } : {}),
-    detail,
-    freshVerdict: fresh.verdict,
-    jobs: jobsOf(fresh),
-    groupSignals,
-    processes: outcomes,
+  const v = verdictOf(outcomes, targets, aborted);
+  return finish({ ...v, freshVerdict: fresh.verdict, jobs: jobsOf(fresh), groupSignals, processes: outcomes });
+}
+
+// ── one session inside a live adapter ─────────────────────────────────────────────────────────
+
+export type SessionRecheckResult = { tree: AdapterTree; session: AdapterSession } | { refused: string; code?: KillSkipCode };
+
+export interface KillSessionDeps {
+  /** Re-collect and re-plan: the fresh session with the same CLI identity, still to be stopped, or why not. */
+  recheck: () => SessionRecheckResult;
+  readIdentity?: (pid: number) => LiveIdentity | null;
+  kill?: (pid: number, signal: SignalName) => void;
+  sleep?: (ms: number) => Promise<void>;
+  killWaitMs?: number;
+  pollMs?: number;
+  confirmWaitMs?: number;
+  signal?: AbortSignal;
+  protectedPids?: number[];
+}
+
+export interface KillSessionResult {
+  kind: 'kill-session';
+  project: string;
+  sessionId: string;
+  /** The CLI process as planned. */
+  pid: number;
+  startTicks: number;
+  /** The adapter tree it lives in (never signalled as a whole). */
+  topPid: number;
+  verdict: typeof SESSION_KILL_VERDICT;
+  freshVerdict: SessionVerdict | null;
+  reason: string;
+  selectedBy: 'sessions';
+  outcome: 'ok' | 'failed' | 'skipped';
+  code?: KillSkipCode | 'eperm' | 'still_alive';
+  detail: string;
+  session: AdapterSession;
+  tree: AdapterTree;
+  jobs: { id: string; status: string }[];
+  processes: ProcessOutcome[];
+  bytesFreed: number;
+  durationMs: number;
+}
+
+/**
+ * Stop one leaked session: its CLI and that CLI's descendants, each by pid (never by group: the
+ * group is the adapter's, shared with the other sessions). The real adapter survives a session
+ * CLI's death and keeps its other sessions (claude-agent-acp 0.101.0, measured).
+ */
+export async function killSession(action: KillSessionAction, deps: KillSessionDeps): Promise<KillSessionResult> {
+  const t0 = performance.now();
+  const stage = stageOf(deps);
+  const planned = action.session;
+  const base = {
+    kind: 'kill-session' as const,
+    project: action.project,
+    sessionId: planned.sessionId,
+    pid: planned.pid,
+    startTicks: planned.startTicks,
+    topPid: action.tree.topPid,
+    verdict: SESSION_KILL_VERDICT as typeof SESSION_KILL_VERDICT,
+    reason: action.reason,
+    selectedBy: action.selectedBy,
+    session: planned,
+    tree: action.tree,
+  };
+  const jobs = (x: AdapterSession) => x.jobs.map((j) => ({ id: j.id, status: j.status }));
+  const finish = (r: Omit<KillSessionResult, keyof typeof base | 'durationMs' | 'bytesFreed'>): KillSessionResult => ({
+    ...base,
+    ...r,
+    bytesFreed: r.processes.reduce((sum, p) => sum + p.bytesFreed, 0),
+    durationMs: Math.round(performance.now() - t0),
   });
+  const skipped = (code: KillSkipCode, detail: string, freshVerdict: SessionVerdict | null): KillSessionResult =>
+    finish({ outcome: 'skipped', code, detail, freshVerdict, jobs: jobs(planned), processes: [] });
+
+  const checked = recheckStage(stage, deps.recheck, planned.processes);
+  if ('early' in checked) {
+    const e = checked.early;
+    if (e.outcome === 'skipped') return skipped(e.code, e.detail, null);
+    return finish({ outcome: 'ok', detail: e.detail, freshVerdict: null, jobs: jobs(planned), processes: e.processes });
+  }
+  const fresh = checked.fresh;
+  const s = fresh.session;
+  if (s.pid !== planned.pid || s.startTicks !== planned.startTicks || s.sessionId !== planned.sessionId) {
+    return skipped('identity_changed', `session ${planned.sessionId}: its CLI is no longer pid ${planned.pid} (start ticks ${planned.startTicks})`, s.verdict);
+  }
+  if (s.verdict !== 'leaked') return skipped('verdict_changed', `session ${planned.sessionId} is now ${s.verdict}: ${s.reason}`, s.verdict);
+  const uids = new Set(planned.processes.map((p) => p.uid));
+  const foreign = s.processes.find((p) => p.pid <= 1 || stage.protectedPids.has(p.pid) || p.pid === fresh.tree.topPid || !uids.has(p.uid));
+  if (foreign) return skipped('ownership_changed', `session ${planned.sessionId} now holds pid ${foreign.pid}, which is not provably the session's`, s.verdict);
+
+  const { targets, outcomes } = verifyTargets(stage, planned.processes, s.processes, 'no longer part of the session at re-verification: not signalled');
+  const aborted = await terminate(stage, targets, { pgid: null, killWaitMs: deps.killWaitMs ?? 5000, confirmWaitMs: deps.confirmWaitMs ?? 3000, groupSignals: [] });
+  const v = verdictOf(outcomes, targets, aborted);
+  return finish({ ...v, freshVerdict: s.verdict, jobs: jobs(s), processes: outcomes });
 }

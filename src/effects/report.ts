@@ -2,10 +2,8 @@
 // and `results`, and the HTTP API's POST /api/reap body. Plain data in, plain data out; no
 // pid, path or reason is dropped (the full AdapterTree is, in favour of what identifies it).
 
-import type { Plan, PlannedAction, Refusal } from '../core/plan.js';
+import { actionBytes, type Plan, type PlannedAction, type Refusal } from '../core/plan.js';
 import type { ActionResult } from './execute.js';
-
-const treeBytes = (a: { tree: { rssBytes: number; swapBytes: number } }) => a.tree.rssBytes + a.tree.swapBytes;
 
 /**
  * { project, actions: [kill-tree: {kind, topPid, startTicks, verdict, reason, selectedBy, forced,
@@ -17,7 +15,7 @@ export function planDocument(p: Plan) {
     project: p.project,
     actions: p.actions.map(actionDocument),
     refusals: p.refusals.map(refusalDocument),
-    wouldFreeBytes: p.actions.reduce((sum, a) => sum + (a.kind === 'kill-tree' ? treeBytes(a) : 0), 0),
+    wouldFreeBytes: p.actions.reduce((sum, a) => sum + actionBytes(a), 0),
   };
 }
 
@@ -40,6 +38,22 @@ export function actionDocument(a: PlannedAction) {
       rssBytes: a.tree.rssBytes,
       swapBytes: a.tree.swapBytes,
       pidFile: a.tree.pidFile,
+    };
+  }
+  if (a.kind === 'kill-session') {
+    return {
+      kind: a.kind,
+      sessionId: a.session.sessionId,
+      pid: a.session.pid,
+      startTicks: a.session.startTicks,
+      topPid: a.tree.topPid,
+      verdict: a.session.verdict,
+      reason: a.reason,
+      selectedBy: a.selectedBy,
+      pids: a.session.processes.map((p) => p.pid),
+      jobs: a.session.jobs.map((j) => ({ id: j.id, status: j.status })),
+      rssBytes: a.session.rssBytes,
+      swapBytes: a.session.swapBytes,
     };
   }
   return { kind: a.kind, path: a.file.path, pid: a.file.pid, verdict: a.file.verdict, reason: a.reason };
@@ -68,6 +82,25 @@ export function resultDocument(r: ActionResult) {
       groupSignals: r.groupSignals,
       processes: r.processes.map((p) => ({ ...p, signals: p.signals.map((s) => `${s.signal}/${s.via}`) })),
       pidFile: r.pidFile ? pidFileDocument(r.pidFile) : null,
+    };
+  }
+  if (r.kind === 'kill-session') {
+    return {
+      kind: r.kind,
+      sessionId: r.sessionId,
+      pid: r.pid,
+      startTicks: r.startTicks,
+      topPid: r.topPid,
+      verdict: r.verdict,
+      freshVerdict: r.freshVerdict,
+      selectedBy: r.selectedBy,
+      outcome: r.outcome,
+      code: r.code ?? null,
+      detail: r.detail,
+      jobs: r.jobs,
+      bytesFreed: r.bytesFreed,
+      durationMs: r.durationMs,
+      processes: r.processes.map((p) => ({ ...p, signals: p.signals.map((s) => `${s.signal}/${s.via}`) })),
     };
   }
   if (r.kind === 'remove-pid-file') return pidFileDocument(r);

@@ -196,6 +196,10 @@ export interface GuardMarker {
   stepwise_version?: string;
   active?: boolean;
   reason?: string;
+  /** Guard ≥ 0.2.0: whether it closes ACP sessions nothing can resume (absent in older guards). */
+  sessionClosing?: boolean;
+  /** Why session closing is off (null while it is on). */
+  sessionClosingReason?: string | null;
 }
 
 /** The marker the guard writes when it loads in a server (`.stepwise/release-guard.json`). */

@@ -13,6 +13,7 @@ export interface ApiReapRequest {
   project: string | null;
   allLeaked: boolean;
   orphans: boolean;
+  sessions: boolean;
   jobs: string[];
   pids: number[];
   force: boolean;
@@ -41,6 +42,7 @@ const reapBody = z
     project: z.string().min(1).optional(),
     allLeaked: z.boolean().optional(),
     orphans: z.boolean().optional(),
+    sessions: z.boolean().optional(),
     jobs: z.array(z.string().min(1).max(200)).max(100).optional(),
     pids: z.array(z.number().int().min(2).max(2 ** 22)).max(100).optional(),
     force: z.boolean().optional(),
@@ -116,13 +118,14 @@ export const watchdogApp: FastifyPluginAsync<AppDeps> = async (app, deps) => {
       project: b.project ?? null,
       allLeaked: b.allLeaked ?? false,
       orphans: b.orphans ?? false,
+      sessions: b.sessions ?? false,
       jobs: b.jobs ?? [],
       pids: b.pids ?? [],
       force: b.force ?? false,
       dryRun: b.dryRun ?? false,
     };
-    if (!request.allLeaked && !request.orphans && request.jobs.length === 0 && request.pids.length === 0) {
-      return reply.code(400).send({ error: 'nothing selected: set allLeaked, orphans, jobs or pids' });
+    if (!request.allLeaked && !request.orphans && !request.sessions && request.jobs.length === 0 && request.pids.length === 0) {
+      return reply.code(400).send({ error: 'nothing selected: set allLeaked, orphans, sessions, jobs or pids' });
     }
     const { status, body } = await deps.reap(request);
     return reply.code(status).send(body);

@@ -4,8 +4,9 @@
 // process (one per --watch-process) — never a pid or a job id.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { REFUSAL_CODES } from '../core/plan.js';
-import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, type ProjectInventory } from '../core/types.js';
+import { REFUSAL_CODES, SESSION_KILL_VERDICT } from '../core/plan.js';
+import { sessionCounts } from '../core/report.js';
+import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, SESSION_VERDICTS, type ProjectInventory } from '../core/types.js';
 
 export const PREFIX = 'stepwise_watchdog_';
 /** Refusal reasons counted (waiting out a grace is not a refusal), plus re-verification skips. */
@@ -79,6 +80,35 @@ export class WatchdogMetrics {
       },
     });
     new Gauge({
+      name: `${PREFIX}sessions`,
+      help: 'Agent sessions (one CLI process each) inside adapter trees, by session verdict (0 for verdicts with none).',
+      labelNames: ['project', 'verdict'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          const c = sessionCounts(inv);
+          for (const v of SESSION_VERDICTS) this.set({ project: inv.root, verdict: v }, c[v]!.count);
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}session_memory_bytes`,
+      help: "Memory of agent sessions (a session's CLI and its descendants) by session verdict; kind rss or swap. Leaked sessions inside live adapters are what tree metrics cannot show.",
+      labelNames: ['project', 'verdict', 'kind'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          const c = sessionCounts(inv);
+          for (const v of SESSION_VERDICTS) {
+            this.set({ project: inv.root, verdict: v, kind: 'rss' }, c[v]!.rssBytes);
+            this.set({ project: inv.root, verdict: v, kind: 'swap' }, c[v]!.swapBytes);
+          }
+        }
+      },
+    });
+    new Gauge({
       name: `${PREFIX}pidfiles`,
       help: 'Pid files in the pids folder by verdict.',
       labelNames: ['project', 'verdict'],
@@ -109,6 +139,21 @@ export class WatchdogMetrics {
         this.reset();
         for (const inv of inventories()) {
           for (const s of SOURCES) this.set({ project: inv.root, source: s }, inv.sources[s]?.ok === false ? 0 : inv.sources[s] ? 1 : 0);
+        }
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}source_duration_seconds`,
+      help: 'How long reading each source took in the last cycle.',
+      labelNames: ['project', 'source'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          for (const s of SOURCES) {
+            const h = inv.sources[s];
+            if (h) this.set({ project: inv.root, source: s }, h.durationSeconds);
+          }
         }
       },
     });
@@ -150,7 +195,7 @@ export class WatchdogMetrics {
 
     this.reaped = new Counter({
       name: `${PREFIX}reaped_total`,
-      help: 'Adapter trees reaped, by the verdict they had and the result (ok, failed).',
+      help: `Adapter trees reaped, by the verdict they had and the result (ok, failed); verdict="${SESSION_KILL_VERDICT}" counts session CLIs stopped inside live adapters.`,
       labelNames: ['project', 'verdict', 'result'],
       registers: [r],
     });
@@ -172,7 +217,7 @@ export class WatchdogMetrics {
 
     // Counters start at 0 for every configured project, so rate() and alerts see a series.
     for (const project of opts.projects ?? []) {
-      for (const v of ['leaked', 'orphaned'] as const) for (const result of ['ok', 'failed'] as const) this.reaped.inc({ project, verdict: v, result }, 0);
+      for (const v of ['leaked', 'orphaned', SESSION_KILL_VERDICT]) for (const result of ['ok', 'failed'] as const) this.reaped.inc({ project, verdict: v, result }, 0);
       this.reapedBytes.inc({ project }, 0);
       this.pidfilesRemoved.inc({ project }, 0);
       for (const reason of REFUSAL_COUNTED) this.refusals.inc({ project, reason }, 0);

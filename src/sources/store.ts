@@ -159,6 +159,7 @@ export function storeStatements(f: StoreFeatures): StoreStatements {
     'completed_at',
     'json_valid(executor_state) AS es_ok',
     `${guard("json_extract(executor_state, '$.pid')")} AS es_pid`,
+    `${guard("json_extract(executor_state, '$.pgid')")} AS es_pgid`,
     `${guard("json_extract(executor_state, '$.agent')")} AS es_agent`,
     `${guard("json_extract(executor_state, '$._interpolated_config.agent')")} AS es_iagent`,
     `${guard("json_type(executor_state, '$.in_vm')")} AS es_invm`,
@@ -167,6 +168,7 @@ export function storeStatements(f: StoreFeatures): StoreStatements {
   ].join(', ');
   const pidMatch =
     `(${guard("json_extract(executor_state, '$.pid')")}) IN (SELECT value FROM json_each(:pids))` +
+    ` OR (${guard("json_extract(executor_state, '$.pgid')")}) IN (SELECT value FROM json_each(:pids))` +
     (f.stepRunsPid ? ' OR pid IN (SELECT value FROM json_each(:pids))' : '');
   return {
     schemaVersion: 'PRAGMA schema_version',
@@ -201,6 +203,7 @@ interface RawRun {
   completed_at: unknown;
   es_ok: number | null;
   es_pid: unknown;
+  es_pgid: unknown;
   es_agent: unknown;
   es_iagent: unknown;
   es_invm: unknown;
@@ -247,9 +250,20 @@ export function writtenAfterFinish(run: RunRow): boolean {
   return run.completedAt !== null && run.pidColumn !== null && run.pidColumn === run.pid;
 }
 
+/**
+ * The pid of interest a run names: its adapter's pid, else its recorded group id (a live group
+ * whose leader died: on Linux a pid is not reused while it is a live group id). null if neither.
+ */
+function interestPid(run: RunRow, interest: Interest): number | null {
+  if (run.pid !== null && interest.pids.has(run.pid)) return run.pid;
+  if (run.pgid !== null && interest.pids.has(run.pgid)) return run.pgid;
+  return null;
+}
+
 function namesLiveProcess(run: RunRow, interest: Interest): boolean {
-  if (run.pid === null || !interest.pids.has(run.pid)) return false;
-  const start = interest.starts?.get(run.pid);
+  const pid = interestPid(run, interest);
+  if (pid === null) return false;
+  const start = interest.starts?.get(pid);
   // A cancelled job's step that retried records its new adapter after the run ended: the
   // process starting after completion is expected there (the classifier still asks for a pid file).
   if (start === undefined || run.completedAt === null || writtenAfterFinish(run)) return true;
@@ -260,6 +274,12 @@ function namesLiveProcess(run: RunRow, interest: Interest): boolean {
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 const posInt = (v: unknown): number | null =>
   typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : typeof v === 'bigint' && v > 0n ? Number(v) : null;
+
+/** stepwise records 0 when getpgid failed; only a real group id (> 1) means anything. */
+const groupId = (v: unknown): number | null => {
+  const g = posInt(v);
+  return g !== null && g > 1 ? g : null;
+};
 
 function parseRun(r: RawRun): Parsed {
   const id = String(r.id);
@@ -277,6 +297,8 @@ function parseRun(r: RawRun): Parsed {
     startedAt: str(r.started_at),
     completedAt: str(r.completed_at),
     pid: posInt(r.es_pid) ?? posInt(r.col_pid),
+    pgid: groupId(r.es_pgid),
+    sessionId: str(r.es_session),
     pidColumn: posInt(r.col_pid),
     agent,
     inVm: r.es_invm === 'true',
@@ -685,7 +707,7 @@ export class StoreReader {
       return;
     }
     if (namesLiveProcess(p.run, interest)) this.tracked.set(p.id, entry);
-    else if (interest.pids.has(p.run.pid) && !cancelled) return; // names an earlier process with the same pid
+    else if (interestPid(p.run, interest) !== null && !cancelled) return; // names an earlier process with the same pid
     else retain();
   }
 

@@ -67,7 +67,7 @@ describe('reap (CLI)', () => {
   it('without a selection: usage error (2) with a hint', async () => {
     const r = await cli(['reap', ...P()]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/nothing selected: give --all-leaked, --orphans, --job ID or --pid PID/);
+    expect(r.stderr).toMatch(/nothing selected: give --all-leaked, --orphans, --sessions, --job ID or --pid PID/);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
   });
 

@@ -50,7 +50,7 @@ describe('stepwise 0.46.1 leak fixture', () => {
     const p = plan(
       inv,
       DEFAULT_POLICY,
-      { allLeaked: true, orphans: true, jobs: [], pids: [], force: false, gc: true },
+      { allLeaked: true, orphans: true, sessions: false, jobs: [], pids: [], force: false, gc: true },
       { selfPid: 1, selfAncestors: [], selfUid: null, allowOtherUids: true },
     );
     const killed = p.actions.flatMap((a) => (a.kind === 'kill-tree' ? a.tree.processes.map((x) => x.pid) : []));

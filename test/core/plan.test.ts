@@ -5,7 +5,7 @@ import { DEFAULT_POLICY, type ProjectInventory } from '../../src/core/types.js';
 import { NOW, SERVER, adapter, input, job, pidFile, proc, run, serverProc } from '../helpers/synthetic.js';
 
 const CTX: PlanContext = { selfPid: 9_000, selfAncestors: [8_000, 1], selfUid: 1000, allowOtherUids: false };
-const NONE: Selection = { allLeaked: false, orphans: false, jobs: [], pids: [], force: false, gc: false };
+const NONE: Selection = { allLeaked: false, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: false };
 const DEFAULTS: Selection = { ...NONE, allLeaked: true, orphans: true, gc: true };
 
 /** A host with one tree of every kind: leaked (200), active (300), paused (400), orphan (500), unreferenced (600), foreign (700). */

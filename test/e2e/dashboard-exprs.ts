@@ -37,6 +37,8 @@ export interface SubstituteOptions {
 export const WATCHDOG_METRICS: Readonly<Record<string, readonly string[]>> = {
   stepwise_watchdog_adapters: ['project', 'verdict'],
   stepwise_watchdog_adapter_memory_bytes: ['project', 'verdict', 'kind'],
+  stepwise_watchdog_sessions: ['project', 'verdict'],
+  stepwise_watchdog_session_memory_bytes: ['project', 'verdict', 'kind'],
   stepwise_watchdog_pidfiles: ['project', 'verdict'],
   stepwise_watchdog_stale_running_runs: ['project'],
   stepwise_watchdog_reaped_total: ['project', 'verdict', 'result'],

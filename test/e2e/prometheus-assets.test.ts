@@ -192,6 +192,19 @@ describe('dashboards/stepwise-watchdog.json', () => {
     expect(exprsOf('Server memory growth (slope over 1 h)')).toContain('stepwise_watchdog_server_memory_growth_bytes_per_hour');
     expect(exprsOf('Cycle duration')).toContain('histogram_quantile(0.99');
     expect(byTitle.get('Source health')?.targets?.[0]?.expr).toContain('stepwise_watchdog_source_up');
+    // Sessions (issue 11): by verdict per project, leaked-session bytes per project, session reaps.
+    expect(exprsOf('Sessions by verdict')).toMatch(/sum by \(project, verdict\) \(stepwise_watchdog_sessions\{/);
+    expect(exprsOf('Leaked session memory (RSS + swap)')).toMatch(/sum by \(project\) \(stepwise_watchdog_session_memory_bytes\{[^}]*verdict="leaked"/);
+    expect(exprsOf('Session reaps per minute by result')).toMatch(/rate\(stepwise_watchdog_reaped_total\{[^}]*verdict="leaked-session"/);
+    for (const t of ['Sessions by verdict', 'Leaked session memory (RSS + swap)', 'Session reaps per minute by result']) {
+      expect(byTitle.get(t)?.type, t).toBe('timeseries');
+    }
+    const sessionMemory = byTitle.get('Leaked session memory (RSS + swap)') as Obj | undefined;
+    expect(sessionMemory?.fieldConfig?.defaults?.unit).toBe('bytes');
+    // Its red line is the threshold of StepwiseLeakedSessionMemoryHigh.
+    const alert = alertExpressions().find((e) => e.name === 'StepwiseLeakedSessionMemoryHigh');
+    expect(alert?.expr).toMatch(/> 300 \* 1024\^2$/);
+    expect((sessionMemory?.fieldConfig?.defaults?.thresholds?.steps as Obj[]).map((x) => x.value)).toEqual([null, 300 * 1024 ** 2]);
   });
 
   it('panels do not overlap and fit the 24-column grid', () => {
@@ -234,6 +247,7 @@ describe('expressions reference only metrics the daemon exports', () => {
         'StepwiseLeakedAdaptersPresent',
         'StepwiseAdapterReapFailed',
         'StepwiseLeakedAdapterMemoryHigh',
+        'StepwiseLeakedSessionMemoryHigh',
         'StepwiseStalePidFilesAccumulating',
         'StepwiseWatchdogDown',
         'StepwiseWatchdogAbsent',

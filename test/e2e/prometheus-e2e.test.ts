@@ -626,6 +626,19 @@ describe('every dashboard panel query returns data', () => {
     const moving = refusals.result.filter((x) => Number(x.value[1]) > 0).map((x) => x.metric.reason);
     expect(moving).toEqual(['source_down']);
     expect(refusals.result.map((x) => x.metric.reason)).toContain('not_found');
+    // Sessions (issue 11): every verdict is seeded at 0 per project, so the session panels draw
+    // for every project, and session kills are counted apart (verdict="leaked-session"), seeded
+    // at 0 for both results like the tree verdicts (increase() then sees the first failure).
+    for (const root of roots()) {
+      const sessions = await query(substitute(byName.get('Sessions by verdict [A]')!, grafanaProjectValue([root])));
+      expect(sessions.result.map((x) => x.metric.verdict).sort(), root).toEqual(['active', 'leaked', 'paused', 'unattributed']);
+      expect(sessions.result.map((x) => x.metric.project), root).toEqual(Array(4).fill(root));
+      const leakedSessionBytes = await query(substitute(byName.get('Leaked session memory (RSS + swap) [A]')!, grafanaProjectValue([root])));
+      expect(leakedSessionBytes.result.map((x) => x.metric.project), root).toEqual([root]);
+      expect(Number(leakedSessionBytes.result[0]?.value[1]), root).toBeGreaterThanOrEqual(0);
+      const sessionReaps = await query(substitute(byName.get('Session reaps per minute by result [A]')!, grafanaProjectValue([root])));
+      expect(sessionReaps.result.map((x) => x.metric.result).sort(), root).toEqual(['failed', 'ok']);
+    }
   });
 });
 

@@ -12,7 +12,7 @@ import { selfPlanContext } from '../../src/effects/self.js';
 import { aliveSame, createTempProject, goneOrZombie, type TempProject } from '../helpers/temp-project.js';
 
 const policy: Policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 0, terminalGraceSeconds: 30 };
-const NONE: Selection = { allLeaked: false, orphans: false, jobs: [], pids: [], force: false, gc: false };
+const NONE: Selection = { allLeaked: false, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: false };
 let project: TempProject;
 let sessions: ProjectSession[];
 let auditDir: string;

@@ -29,7 +29,7 @@ afterEach(async () => {
 /** The kill action the planner makes for the tree with this top (by pid, as `reap --pid`). */
 function actionFor(topPid: number, force = false): KillTreeAction {
   const inv = session.collect();
-  const p = plan(inv, policy, { allLeaked: false, orphans: false, jobs: [], pids: [topPid], force, gc: false }, ctx);
+  const p = plan(inv, policy, { allLeaked: false, orphans: false, sessions: false, jobs: [], pids: [topPid], force, gc: false }, ctx);
   const a = p.actions.find((x): x is KillTreeAction => x.kind === 'kill-tree' && x.tree.topPid === topPid);
   if (!a) throw new Error(`no action for ${topPid}: ${JSON.stringify(p.refusals.map((r) => r.reason))}`);
   return a;

@@ -30,7 +30,7 @@ function deadPid(): number {
 
 function gcPlan() {
   const inv = session.collect();
-  return { inv, p: plan(inv, DEFAULT_POLICY, { allLeaked: false, orphans: false, jobs: [], pids: [], force: false, gc: true }, selfPlanContext(false)) };
+  return { inv, p: plan(inv, DEFAULT_POLICY, { allLeaked: false, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: true }, selfPlanContext(false)) };
 }
 
 function actionFor(file: string): RemovePidFileAction {

@@ -48,6 +48,8 @@ export function run(id: string, jobId: string, pid: number | null, startedEpoch:
     startedAt: iso(startedEpoch),
     completedAt: completedEpoch === null ? null : iso(completedEpoch),
     pid,
+    pgid: pid,
+    sessionId: null,
     agent: 'claude',
     inVm: false,
     agentStep: true,

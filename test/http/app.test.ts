@@ -176,7 +176,7 @@ describe('POST /api/reap', () => {
     const calls = await makeApp();
     const res = await post({ jobs: ['job-eb3d1747'], dryRun: true });
     expect(res.statusCode).toBe(200);
-    expect(calls.reaps).toEqual([{ project: null, allLeaked: false, orphans: false, jobs: ['job-eb3d1747'], pids: [], force: false, dryRun: true }]);
+    expect(calls.reaps).toEqual([{ project: null, allLeaked: false, orphans: false, sessions: false, jobs: ['job-eb3d1747'], pids: [], force: false, dryRun: true }]);
   });
 
   it('a failure inside the reap handler is a 500 with a JSON error, and the app keeps serving', async () => {

@@ -5,7 +5,7 @@ Used by test_release_guard_integration.py, one fresh process per run (the guard 
 classes process-wide, so "with" and "without" cannot share a process).
 
     python3 release_guard_scenario.py --src STEPWISE_SRC --workdir DIR \
-        --scenario abandon|cancel [--guard] [--observe SECONDS]
+        --scenario abandon|cancel|shared|steps [--guard] [--observe SECONDS]
 
 The engine is stepwise's own AsyncEngine over a real SQLiteStore in DIR/.stepwise, with
 the executor registry stepwise's server builds (create_default_registry), and one
@@ -18,9 +18,14 @@ Scenarios
            the step sees "Transport closed", counts it transient, and retries (backoff
            shortened to RETRY_BACKOFF through the step's own retry decorator) on a new
            adapter.
+  shared   two jobs in one working dir, so one adapter: job A's turn is held ("[hold]"),
+           job B (one step in the named session "main") is abandoned by its exit rule.
+  steps    one job: s1 (no session) -> s2, s3 (named session "main") -> hold (held turn);
+           observed while "hold" runs.
 
 Every adapter process the run spawned is listed with whether it was still alive after the
-observation window. All of them are killed before exiting, whatever happened.
+observation window, and with the session events it recorded (new/load/fork/close/prompt).
+All of them are killed before exiting, whatever happened.
 """
 
 from __future__ import annotations
@@ -42,15 +47,23 @@ RETRY_BACKOFF = 2.0  # seconds before the first retry (stepwise's default: 30)
 
 
 def proc_state(pid: int) -> str | None:
-    """'R', 'S', 'Z'... from /proc, or None when the pid does not exist."""
+    """'R', 'S', 'Z'... or None when the pid does not exist (/proc, else ps: macOS)."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                data = fh.read()
+            return data.rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return None
+        except OSError:
+            return None
+    import subprocess
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            data = fh.read()
-        return data.rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        out = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return None
-    except OSError:
-        return None
+    return out[:1] or None
 
 
 def alive(pid: int) -> bool:
@@ -67,6 +80,14 @@ def recorded_adapters(record_dir: str) -> list[int]:
             except ValueError:
                 pass
     return sorted(pids)
+
+
+def session_events(record_dir: str, pid: int) -> list[dict]:
+    path = os.path.join(record_dir, f"{pid}.sessions.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def kill_all(pids) -> None:
@@ -108,7 +129,7 @@ async def run(args) -> dict:
     record_dir = os.path.join(args.workdir, "adapters")
     os.makedirs(record_dir, exist_ok=True)
     os.environ["FAKE_ACP_RECORD_DIR"] = record_dir
-    os.environ["FAKE_ACP_MODE"] = "reply" if args.scenario == "abandon" else "hold"
+    os.environ["FAKE_ACP_MODE"] = "hold" if args.scenario == "cancel" else "reply"
 
     set_user_agents({"fakeacp": AgentConfig.from_dict(
         {"name": "fakeacp", "command": [sys.executable, ADAPTER]})})
@@ -134,9 +155,17 @@ async def run(args) -> dict:
         step.exit_rules = [ExitRule(name="give_up", type="always", config={"action": "abandon"})]
     workflow = WorkflowDefinition(steps={"work": step})
 
+    def agent_step(name, prompt="do the thing", **kw):
+        return StepDefinition(name=name, outputs=[], executor=ExecutorRef(
+            "agent", {"prompt": prompt, "agent": "fakeacp", "output_mode": "effect"}), **kw)
+
     report: dict = {"scenario": args.scenario, "guard": args.guard}
     loop_task = asyncio.create_task(engine.run())
     try:
+        if args.scenario in ("shared", "steps"):
+            await run_session_scenario(args, engine, store, agent_step, ExitRule,
+                                       WorkflowDefinition, record_dir, report)
+            return report
         job = engine.create_job(objective=f"release-guard {args.scenario}", workflow=workflow,
                                 workspace_path=args.workdir)
         engine.start_job(job.id)
@@ -177,6 +206,16 @@ async def run(args) -> dict:
         guard = sys.modules.get("stepwise_release_guard")
         report["guard_status"] = guard.status() if guard else None
     finally:
+        if args.scenario in ("shared", "steps"):
+            report["adapters"] = [
+                {"pid": pid, "alive": alive(pid), "sessions": session_events(record_dir, pid)}
+                for pid in recorded_adapters(record_dir)]
+            marker = os.path.join(dot, "release-guard.json")
+            if os.path.exists(marker):
+                with open(marker) as fh:
+                    report["marker"] = json.load(fh)
+            guard = sys.modules.get("stepwise_release_guard")
+            report["guard_status"] = guard.status() if guard else None
         kill_all(recorded_adapters(record_dir))
         loop_task.cancel()
         try:
@@ -186,11 +225,64 @@ async def run(args) -> dict:
     return report
 
 
+def _session_of(store, job_id, step_name):
+    for run in store.runs_for_job(job_id):
+        if run.step_name == step_name and (run.executor_state or {}).get("session_id"):
+            return run.executor_state["session_id"], run.status.value
+    return None, None
+
+
+async def run_session_scenario(args, engine, store, agent_step, ExitRule, WorkflowDefinition,
+                               record_dir, report):
+    guard = sys.modules.get("stepwise_release_guard")
+
+    async def settle():
+        if guard is not None and guard.GUARD.state == "active":
+            await asyncio.get_running_loop().run_in_executor(
+                None, guard.GUARD.wait_for_session_closes, 5.0)
+        await asyncio.sleep(args.observe)
+
+    if args.scenario == "shared":
+        job_a = engine.create_job(objective="shared: A runs", workspace_path=args.workdir,
+                                  workflow=WorkflowDefinition(steps={
+                                      "hold": agent_step("hold", "[hold] keep working")}))
+        engine.start_job(job_a.id)
+        a_sid = await wait_for(lambda: _session_of(store, job_a.id, "hold")[0], 30)
+        b_step = agent_step("work", session="main")
+        b_step.exit_rules = [ExitRule(name="give_up", type="always", config={"action": "abandon"})]
+        job_b = engine.create_job(objective="shared: B abandoned", workspace_path=args.workdir,
+                                  workflow=WorkflowDefinition(steps={"work": b_step}))
+        engine.start_job(job_b.id)
+        await wait_for(lambda: store.load_job(job_b.id).status.value in
+                       ("completed", "failed", "cancelled"), 30)
+        await settle()
+        report["sessions"] = {"A": a_sid, "B": _session_of(store, job_b.id, "work")[0]}
+        report["job_status"] = {"A": store.load_job(job_a.id).status.value,
+                                "B": store.load_job(job_b.id).status.value}
+        report["runs"] = {"A": _session_of(store, job_a.id, "hold")[1],
+                          "B": _session_of(store, job_b.id, "work")[1]}
+    else:
+        steps = {
+            "s1": agent_step("s1"),
+            "s2": agent_step("s2", session="main", after=["s1"]),
+            "s3": agent_step("s3", session="main", after=["s2"]),
+            "hold": agent_step("hold", "[hold] keep working", after=["s3"]),
+        }
+        job = engine.create_job(objective="steps", workspace_path=args.workdir,
+                                workflow=WorkflowDefinition(steps=steps))
+        engine.start_job(job.id)
+        await wait_for(lambda: _session_of(store, job.id, "hold")[0], 30)
+        await settle()
+        report["sessions"] = {name: _session_of(store, job.id, name)[0] for name in steps}
+        report["runs"] = {name: _session_of(store, job.id, name)[1] for name in steps}
+        report["job_status"] = store.load_job(job.id).status.value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--src", required=True)
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--scenario", choices=("abandon", "cancel"), required=True)
+    parser.add_argument("--scenario", choices=("abandon", "cancel", "shared", "steps"), required=True)
     parser.add_argument("--guard", action="store_true")
     parser.add_argument("--observe", type=float, default=3.0)
     parser.add_argument("--out")

@@ -51,9 +51,52 @@ FAKE_SOURCES = {
             ARCHIVED = "archived"
 
         class Job:
-            def __init__(self, id, status=JobStatus.PENDING):
+            def __init__(self, id, status=JobStatus.PENDING, workflow=None):
                 self.id = id
                 self.status = status
+                self.workflow = workflow
+
+        class StepRunStatus(enum.Enum):
+            RUNNING = "running"
+            SUSPENDED = "suspended"
+            DELEGATED = "delegated"
+            COMPLETED = "completed"
+            FAILED = "failed"
+            CANCELLED = "cancelled"
+            SKIPPED = "skipped"
+
+        class StepDefinition:
+            def __init__(self, name, session=None, fork_from=None, continue_session=False):
+                self.name = name
+                self.session = session
+                self.fork_from = fork_from
+                self.continue_session = continue_session
+
+            def to_dict(self):
+                d = {"name": self.name}
+                if self.session:
+                    d["session"] = self.session
+                if self.fork_from:
+                    d["fork_from"] = self.fork_from
+                if self.continue_session:
+                    d["continue_session"] = True
+                return d
+
+        class WorkflowDefinition:
+            def __init__(self, steps):
+                self.steps = {s.name: s for s in steps}
+
+            def to_dict(self):
+                return {"steps": {n: s.to_dict() for n, s in self.steps.items()}}
+
+        class StepRun:
+            def __init__(self, job_id, step_name, attempt=1, status=StepRunStatus.RUNNING):
+                self.id = f"run-{job_id}-{step_name}-{attempt}"
+                self.job_id = job_id
+                self.step_name = step_name
+                self.attempt = attempt
+                self.status = status
+                self.executor_state = None
     ''',
     "store.py": '''
         import sqlite3
@@ -65,22 +108,30 @@ FAKE_SOURCES = {
                 self._db_path = db_path
                 self._conn = sqlite3.connect(db_path, check_same_thread=False)
                 self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT)")
+                    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, workflow TEXT)")
                 self._conn.commit()
                 self.save_calls = 0
                 self._write_lock = threading.Lock()
+                self.runs = {}
 
             def save_job(self, job):
                 self.save_calls += 1
                 if job.id is None:
                     raise ValueError("job without id")
+                import json
+                wf = getattr(job, "workflow", None)
                 with self._write_lock:
                     self._conn.execute(
-                        "INSERT INTO jobs (id, status) VALUES (?, ?) "
-                        "ON CONFLICT(id) DO UPDATE SET status = excluded.status",
-                        (job.id, job.status.value))
+                        "INSERT INTO jobs (id, status, workflow) VALUES (?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
+                        "workflow = coalesce(excluded.workflow, workflow)",
+                        (job.id, job.status.value, json.dumps(wf.to_dict()) if wf else None))
                     self._conn.commit()
                 return "saved"
+
+            def save_run(self, run):
+                self.runs[run.id] = (run.status, dict(run.executor_state or {}))
+                return "run saved"
 
             def load_job(self, job_id):
                 row = self._conn.execute(
@@ -93,6 +144,10 @@ FAKE_SOURCES = {
                 """A write the guard cannot see (another process)."""
                 self._conn.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
                 self._conn.commit()
+
+            def load_job_workflow(self, job_id):
+                row = self._conn.execute("SELECT workflow FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                return row[0] if row else None
 
             def archive_job(self, job_id):
                 self.raw_set_status(job_id, JobStatus.ARCHIVED.value)
@@ -123,17 +178,28 @@ FAKE_SOURCES = {
             @property
             def resource_managers(self):
                 return list(self._resource_managers)
+
+        class ExecutionContext:
+            def __init__(self, job_id, step_name, attempt, state_update_fn=None):
+                self.job_id = job_id
+                self.step_name = step_name
+                self.attempt = attempt
+                self.state_update_fn = state_update_fn
     ''',
     "lifecycle.py": '''
         class Managed:
-            def __init__(self, config, job_id):
+            def __init__(self, config, job_id, resource=None):
                 self.config = config
+                self.resource = resource
                 self.job_refs = {job_id} if job_id else set()
 
         class ResourceLifecycleManager:
-            """Like stepwise's: `active` pool entries carry the job_refs that keep them."""
-            def __init__(self, trace=None):
+            """Like stepwise's: `active` pool entries carry the job_refs that keep them;
+            with a factory, an entry with an equal config is reused (refs added)."""
+            def __init__(self, trace=None, factory=None, teardown=None):
                 self.trace = trace if trace is not None else []
+                self.factory = factory
+                self.teardown = teardown
                 self.active = []
                 self.acquired = []
                 self.released = []
@@ -142,6 +208,15 @@ FAKE_SOURCES = {
             def acquire(self, config, session_name=None, job_id=None):
                 self.acquired.append(job_id)
                 self.trace.append(("acquire", job_id))
+                if self.factory is not None:
+                    for managed in self.active:
+                        if managed.config == config:
+                            if job_id:
+                                managed.job_refs.add(job_id)
+                            return managed, False
+                    managed = Managed(config, job_id, self.factory(config))
+                    self.active.append(managed)
+                    return managed, True
                 self.active.append(Managed(config, job_id))
                 return ("resource", config), True
 
@@ -152,19 +227,118 @@ FAKE_SOURCES = {
                     raise RuntimeError("teardown exploded")
                 for managed in self.active:
                     managed.job_refs.discard(job_id)
+                    if not managed.job_refs and self.teardown and managed.resource is not None:
+                        self.teardown(managed.resource)
                 self.active = [m for m in self.active if m.job_refs]
     ''',
+    "acp_client.py": '''
+        import itertools
+
+        _ids = itertools.count(1)
+
+        class AcpError(Exception):
+            pass
+
+        class FakeAdapter:
+            """Stands in for an adapter process: the set of sessions it keeps open (the
+            real one runs one `claude` CLI per open session)."""
+            def __init__(self, name):
+                self.name = name
+                self.pid = 40000 + next(_ids)
+                self.sessions = set()
+                self.closed = []
+                self.close_calls = []
+                self.prompts = []
+                self.alive = True
+                self.close_raises = None   # an exception for close_session to raise
+
+            def poll(self):
+                return None if self.alive else 0
+
+        class ACPClient:
+            """Like stepwise's: one per adapter process; close_session is best effort."""
+            def __init__(self, adapter):
+                self.adapter = adapter
+                self.sessions = {}
+
+            def new_session(self, cwd, session_name=None):
+                sid = f"sess-{next(_ids)}"
+                self.adapter.sessions.add(sid)
+                if session_name:
+                    self.sessions[session_name] = sid
+                return sid
+
+            def load_session(self, session_id, cwd):
+                self.adapter.sessions.add(session_id)
+
+            def fork_session(self, session_id, cwd):
+                sid = f"fork-{next(_ids)}"
+                self.adapter.sessions.add(sid)
+                return sid
+
+            def prompt(self, session_id, text, on_update=None, output_path=None):
+                if session_id not in self.adapter.sessions:
+                    raise AcpError(f"Session not found: {session_id}")
+                self.adapter.prompts.append((session_id, text))
+                return {"stopReason": "end_turn"}
+
+            def close_session(self, session_id):
+                self.adapter.close_calls.append(session_id)
+                if self.adapter.close_raises is not None:
+                    raise self.adapter.close_raises
+                try:
+                    if session_id not in self.adapter.sessions:
+                        raise AcpError("Session not found")
+                    self.adapter.sessions.discard(session_id)
+                    self.adapter.closed.append(session_id)
+                except Exception:
+                    pass  # best effort, as in stepwise
+    ''',
     "acp_backend.py": '''
+        import threading
+        import types
+        from .acp_client import ACPClient, FakeAdapter
         from .lifecycle import ResourceLifecycleManager
 
+        class ACPProcess:
+            def __init__(self, config):
+                self.config = config
+                self.process = FakeAdapter(config)
+                self.client = ACPClient(self.process)
+
+        def _kill(acp_proc):
+            acp_proc.process.alive = False
+            acp_proc.process.sessions.clear()
+
         class ACPBackend:
-            """Like stepwise's: a resource manager owning a lifecycle pool."""
+            """Like stepwise's: a resource manager owning a lifecycle pool of adapters."""
             def __init__(self, trace=None):
                 self.trace = trace if trace is not None else []
-                self.lifecycle = ResourceLifecycleManager(self.trace)
+                self.lifecycle = ResourceLifecycleManager(self.trace, factory=ACPProcess, teardown=_kill)
                 self.containment = None
                 self.released = []
                 self.fail_release = False
+                self.gates = {}   # step name -> threading.Event the turn waits for
+
+            def spawn(self, prompt, config, context):
+                """Acquire an adapter (shared by config), open/load/fork a session, run the turn."""
+                managed, was_new = self.lifecycle.acquire(
+                    config.get("adapter", "shared"), config.get("_session_name"), job_id=context.job_id)
+                acp = managed.resource
+                if config.get("_fork_from_session_id"):
+                    sid = acp.client.fork_session(config["_fork_from_session_id"], "/ws")
+                elif config.get("_session_uuid"):
+                    acp.client.load_session(config["_session_uuid"], "/ws")
+                    sid = config["_session_uuid"]
+                else:
+                    sid = acp.client.new_session("/ws", config.get("_session_name"))
+                if context.state_update_fn:
+                    context.state_update_fn({"pid": acp.process.pid, "session_id": sid})
+                gate = self.gates.get(context.step_name)
+                if gate is not None:
+                    gate.wait(10)
+                acp.client.prompt(sid, prompt)
+                return types.SimpleNamespace(pid=acp.process.pid, session_id=sid)
 
             def release_for_job(self, job_id):
                 self.released.append(job_id)
@@ -177,8 +351,8 @@ FAKE_SOURCES = {
                 pass
     ''',
     "engine.py": '''
-        from .executors import ExecutorRegistry
-        from .models import Job, JobStatus
+        from .executors import ExecutionContext, ExecutorRegistry
+        from .models import Job, JobStatus, StepRun, StepRunStatus
         from .store import SQLiteStore
 
         class Engine:
@@ -201,10 +375,31 @@ FAKE_SOURCES = {
                 for manager in self.registry.resource_managers:
                     manager.release_for_job(job_id)
 
-            def create_job(self, job_id, status=JobStatus.RUNNING):
-                job = Job(job_id, status)
+            def create_job(self, job_id, status=JobStatus.RUNNING, workflow=None):
+                job = Job(job_id, status, workflow)
                 self.store.save_job(job)
                 return job
+
+            def run_agent_step(self, backend, job_id, step_name, attempt=1, config=None,
+                               outcome=StepRunStatus.COMPLETED):
+                """Like the engine's agent path: a run, the backend's spawn (session setup and
+                the turn), then the run saved finished. Returns (run, session id)."""
+                run = StepRun(job_id, step_name, attempt)
+                self.store.save_run(run)
+
+                def update(state):
+                    run.executor_state = {**(run.executor_state or {}), **state}
+                    self.store.save_run(run)
+
+                ctx = ExecutionContext(job_id, step_name, attempt, update)
+                try:
+                    process = backend.spawn("do it", dict(config or {}), ctx)
+                    run.status = outcome
+                except Exception:
+                    run.status = StepRunStatus.FAILED
+                    process = None
+                self.store.save_run(run)
+                return run, process.session_id if process else None
 
             def cancel_job(self, job_id):
                 job = self.store.load_job(job_id)
@@ -621,7 +816,8 @@ class AcquisitionTests(FakeStepwiseTestCase):
     def test_acquire_for_cancelled_job_is_released_at_once(self):
         self.engine.cancel_job("j1")                     # engine releases: 1
         result = self.backend.lifecycle.acquire({"agent": "x"}, "sess", job_id="j1")  # a retry
-        self.assertEqual(result, (("resource", {"agent": "x"}), True), "return value untouched")
+        managed, was_new = result
+        self.assertEqual((managed.config, was_new), ({"agent": "x"}, True), "return value untouched")
         self.assertEqual(self.backend.released, ["j1", "j1"])
         trace = self.engine.trace
         self.assertEqual(trace[-3:], [("acquire", "j1"), ("release", "j1"), ("lifecycle.release", "j1")])
@@ -819,6 +1015,493 @@ class MarkerTests(FakeStepwiseTestCase):
         with open(self.marker) as fh:
             self.assertEqual(json.load(fh), {"a": 2})
         self.assertEqual([n for n in os.listdir(self.dot) if n.endswith(".tmp")], [])
+
+
+# ── sessions of finished steps and released jobs ────────────────────────
+
+
+class SessionTestCase(FakeStepwiseTestCase):
+    def setUp(self):
+        super().setUp()
+        self.db = os.path.join(self.tmp.name, "stepwise.db")
+        self.engine, self.store, self.backend = self.make_engine(db_path=self.db)
+        self.assertEqual(self.guard.session_state, "active", self.guard.session_reason)
+        self._threads = []
+        self.addCleanup(self._finish_threads)
+
+    def _finish_threads(self):
+        for gate in self.backend.gates.values():
+            gate.set()
+        for t in self._threads:
+            t.join(10)
+
+    def workflow(self, *steps):
+        m = self.mod("models")
+        return m.WorkflowDefinition([m.StepDefinition(**spec) if isinstance(spec, dict)
+                                     else m.StepDefinition(spec) for spec in steps])
+
+    def step(self, job_id, step_name, **kw):
+        return self.engine.run_agent_step(self.backend, job_id, step_name, **kw)
+
+    def step_in_thread(self, job_id, step_name, **kw):
+        """A turn that runs until self.release_turn(step_name)."""
+        gate = self.backend.gates[step_name] = threading.Event()
+        out = {}
+        t = threading.Thread(target=lambda: out.update(result=self.step(job_id, step_name, **kw)))
+        t.start()
+        self._threads.append(t)
+        self.assertTrue(self._wait(lambda: any(
+            j == job_id and s == step_name for j, s, *_ in self.guard.open_sessions())))
+        return out, t
+
+    def release_turn(self, step_name, thread):
+        self.backend.gates[step_name].set()
+        thread.join(10)
+        self.assertFalse(thread.is_alive())
+
+    @staticmethod
+    def _wait(pred, timeout=5.0):
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(0.01)
+        return pred()
+
+    def settle(self):
+        self.assertTrue(self.guard.wait_for_session_closes(5))
+
+    def adapter(self):
+        self.assertEqual(len(self.backend.lifecycle.active), 1, "one shared adapter")
+        managed = self.backend.lifecycle.active[0]
+        return managed, managed.resource.process
+
+    def session_of(self, job_id, step_name):
+        ids = [sid for j, st, _, sid, _ in self.guard.open_sessions() if j == job_id and st == step_name]
+        self.assertEqual(len(ids), 1, self.guard.open_sessions())
+        return ids[0]
+
+
+class SharedAdapterSessionTests(SessionTestCase):
+    def test_abandoned_job_session_closed_running_job_kept(self):
+        # job A runs a long turn; job B (same working dir: same adapter) is abandoned.
+        self.engine.create_job("A", workflow=self.workflow("hold"))
+        self.engine.create_job("B", workflow=self.workflow({"name": "work", "session": "main"}))
+        _, a_thread = self.step_in_thread("A", "hold")
+        a_sid = self.session_of("A", "hold")
+        _, b_sid = self.step("B", "work", config={"_session_name": "main"})
+        self.settle()
+        managed, adapter = self.adapter()
+        self.assertEqual(adapter.sessions, {a_sid, b_sid}, "B's named session is kept while B runs")
+
+        result = self.engine._process_completion(self.store.load_job("B"), "abandon")
+        self.assertEqual(result, "abandoned")
+        self.settle()
+
+        managed2, adapter2 = self.adapter()
+        self.assertIs(adapter2, adapter, "the adapter was not released")
+        self.assertTrue(adapter.alive)
+        self.assertEqual(managed.job_refs, {"A"})
+        self.assertEqual(adapter.sessions, {a_sid}, "B's session closed, A's kept")
+        self.assertEqual(adapter.closed, [b_sid])
+        self.assertEqual(self.guard.stats["sessions_closed_on_release"], 1)
+
+        # A's turn goes on and completes on its own session
+        self.release_turn("hold", a_thread)
+        self.assertIn((a_sid, "do it"), adapter.prompts)
+        self.assertEqual(self.store.runs["run-A-hold-1"][0].value, "completed")
+
+    def test_engine_cancel_on_a_shared_adapter_closes_the_cancelled_jobs_sessions(self):
+        self.engine.create_job("A", workflow=self.workflow("hold"))
+        self.engine.create_job("B", workflow=self.workflow({"name": "s", "session": "x"}))
+        _, a_thread = self.step_in_thread("A", "hold")
+        _, b_sid = self.step("B", "s", config={"_session_name": "x"})
+        self.engine.cancel_job("B")          # the engine releases B itself
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertEqual(adapter.closed, [b_sid])
+        self.assertNotIn(b_sid, adapter.sessions)
+        self.assertEqual(len(adapter.sessions), 1)
+        self.release_turn("hold", a_thread)
+
+    def test_a_turn_in_flight_is_closed_only_when_it_returns(self):
+        self.engine.create_job("A", workflow=self.workflow("hold"))
+        self.engine.create_job("B", workflow=self.workflow("slow"))
+        _, a_thread = self.step_in_thread("A", "hold")
+        _, b_thread = self.step_in_thread("B", "slow")
+        b_sid = self.session_of("B", "slow")
+        self.engine._process_completion(self.store.load_job("B"), "abandon")  # B's turn still runs
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertIn(b_sid, adapter.sessions, "never closed under a running turn")
+        self.release_turn("slow", b_thread)
+        self.settle()
+        self.assertEqual(adapter.closed, [b_sid])
+        self.assertIn((b_sid, "do it"), adapter.prompts, "the turn completed first")
+        self.release_turn("hold", a_thread)
+
+    def test_retry_of_a_cancelled_job_on_a_shared_adapter(self):
+        # leak 2 on a shared adapter: the acquisition is released at once (the adapter
+        # lives on for A); the session the retry opens is closed when its turn ends.
+        self.engine.create_job("A", workflow=self.workflow("hold"))
+        self.engine.create_job("D", workflow=self.workflow("work"))
+        _, a_thread = self.step_in_thread("A", "hold")
+        self.engine.cancel_job("D")
+        _, d_sid = self.step("D", "work", attempt=2)
+        self.settle()
+        managed, adapter = self.adapter()
+        self.assertEqual(managed.job_refs, {"A"})
+        self.assertEqual(adapter.closed, [d_sid])
+        self.assertEqual(self.guard.stats["sessions_closed_terminal_job"]
+                         + self.guard.stats["sessions_closed_after_step"], 1)
+        self.release_turn("hold", a_thread)
+
+    def test_released_adapter_takes_its_sessions_along(self):
+        # a job alone on its adapter: release tears the adapter down; nothing to close,
+        # and the guard forgets the sessions (bounded memory).
+        self.engine.create_job("solo", workflow=self.workflow({"name": "s", "session": "m"}))
+        self.step("solo", "s", config={"_session_name": "m"})
+        managed, adapter = self.adapter()
+        self.engine._check_job_terminal("solo")  # completes and releases
+        self.settle()
+        self.assertEqual(self.backend.lifecycle.active, [])
+        self.assertFalse(adapter.alive)
+        self.assertEqual(adapter.close_calls, [], "no close_session on a torn-down adapter")
+        self.assertEqual(self.guard.open_sessions(), [])
+        self.assertNotIn("solo", self.guard._job_steps)
+
+    def test_release_twice_closes_once(self):
+        self.engine.create_job("A", workflow=self.workflow("hold"))
+        self.engine.create_job("B", workflow=self.workflow({"name": "s", "session": "x"}))
+        _, a_thread = self.step_in_thread("A", "hold")
+        _, b_sid = self.step("B", "s", config={"_session_name": "x"})
+        self.backend.release_for_job("B")
+        self.backend.release_for_job("B")
+        self.engine._cleanup_job_sessions("B")
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertEqual(adapter.close_calls, [b_sid])
+        self.release_turn("hold", a_thread)
+
+
+class FinishedStepSessionTests(SessionTestCase):
+    def test_finished_non_resumable_step_session_closed(self):
+        self.engine.create_job("C", workflow=self.workflow("plain", "next"))
+        run, sid = self.step("C", "plain")
+        self.settle()
+        managed, adapter = self.adapter()
+        self.assertEqual(adapter.closed, [sid])
+        self.assertEqual(adapter.sessions, set())
+        self.assertTrue(adapter.alive)
+        self.assertEqual(managed.job_refs, {"C"}, "the job keeps its adapter")
+        self.assertEqual(self.guard.stats["sessions_closed_after_step"], 1)
+        # the next step gets a fresh session on the same adapter, as stepwise does
+        _, sid2 = self.step("C", "next")
+        self.settle()
+        self.assertEqual(adapter.closed, [sid, sid2])
+
+    def test_failed_attempt_closed_its_retry_gets_a_new_session(self):
+        self.engine.create_job("C", workflow=self.workflow("flaky"))
+        _, sid1 = self.step("C", "flaky", outcome=self.mod("models").StepRunStatus.FAILED)
+        _, sid2 = self.step("C", "flaky", attempt=2)
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertNotEqual(sid1, sid2)
+        self.assertEqual(adapter.closed, [sid1, sid2])
+
+    def test_resumable_sessions_kept(self):
+        wf = self.workflow(
+            {"name": "s1", "session": "main"}, {"name": "s2", "session": "main"},
+            "src", {"name": "fork", "fork_from": "src"},
+            {"name": "legacy", "continue_session": True}, "plain")
+        self.engine.create_job("R", workflow=wf)
+        _, s1 = self.step("R", "s1", config={"_session_name": "main"})
+        _, s2 = self.step("R", "s2", config={"_session_name": "main", "_session_uuid": s1})
+        _, src = self.step("R", "src")
+        _, fork = self.step("R", "fork", config={"_fork_from_session_id": src})
+        _, legacy = self.step("R", "legacy", config={"_session_name": "step-R-legacy"})
+        _, plain = self.step("R", "plain")
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertEqual(s1, s2, "s2 continued s1's session")
+        self.assertEqual(sorted(adapter.closed), sorted([fork, plain]),
+                         "only the ephemeral fork and the plain step are closed")
+        self.assertEqual(adapter.sessions, {s1, src, legacy})
+        self.assertGreaterEqual(self.guard.stats["sessions_kept_resumable"], 4)
+
+    def test_workflow_from_the_database(self):
+        self.engine.create_job("W", workflow=self.workflow("plain", {"name": "s", "session": "k"}))
+        self.guard._job_steps.clear()      # e.g. the job was saved before the guard loaded
+        _, plain = self.step("W", "plain")
+        self.guard._job_steps.clear()
+        _, named = self.step("W", "s")     # named in the workflow, not in the spawn config
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertEqual(adapter.closed, [plain])
+        self.assertIn(named, adapter.sessions)
+
+    def test_unknown_workflow_keeps_the_session(self):
+        self.engine.create_job("U")        # no workflow anywhere
+        _, sid = self.step("U", "x")
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertEqual(adapter.closed, [])
+        self.assertIn(sid, adapter.sessions)
+
+    def test_running_suspended_delegated_runs_are_left_alone(self):
+        st = self.mod("models").StepRunStatus
+        self.engine.create_job("C", workflow=self.workflow("a", "b", "c"))
+        for name, outcome in (("a", st.SUSPENDED), ("b", st.DELEGATED), ("c", st.RUNNING)):
+            self.step("C", name, outcome=outcome)
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertEqual(adapter.closed, [])
+        self.assertEqual(len(adapter.sessions), 3)
+
+    def test_saved_twice_closed_once(self):
+        self.engine.create_job("C", workflow=self.workflow("plain"))
+        run, sid = self.step("C", "plain")
+        self.store.save_run(run)
+        self.store.save_run(run)
+        self.settle()
+        _, adapter = self.adapter()
+        self.assertEqual(adapter.close_calls, [sid])
+
+
+class SessionCloseErrorTests(SessionTestCase):
+    def test_close_session_raising_is_logged_and_swallowed(self):
+        self.engine.create_job("C", workflow=self.workflow("plain"))
+        self.backend.lifecycle.acquire("shared", job_id="C")   # the adapter, before the step
+        _, adapter = self.adapter()
+        adapter.close_raises = RuntimeError("session/close exploded")
+        with self.assertLogs(LOGGER, level="WARNING") as logs:
+            run, sid = self.step("C", "plain")
+            self.settle()
+        self.assertEqual(self.store.runs[run.id][0].value, "completed", "the engine carried on")
+        self.assertTrue(any("failed (ignored)" in r.getMessage() and sid in r.getMessage()
+                            for r in logs.records))
+        self.assertEqual(self.guard.stats["session_close_errors"], 1)
+        self.assertEqual(self.guard.stats["sessions_closed_after_step"], 0)
+        self.assertEqual(self.guard.open_sessions(), [], "forgotten, not retried forever")
+        self.assertIn(sid, adapter.sessions)
+
+    def test_best_effort_close_of_a_session_the_adapter_lost(self):
+        # stepwise's own close_session swallows the adapter's error
+        self.engine.create_job("C", workflow=self.workflow("plain"))
+        self.backend.lifecycle.acquire("shared", job_id="C")
+        _, adapter = self.adapter()
+        real_prompt = type(self.backend.lifecycle.active[0].resource.client).prompt
+
+        def prompt_then_lose(client, session_id, text, **kw):
+            result = real_prompt(client, session_id, text, **kw)
+            client.adapter.sessions.discard(session_id)   # the CLI died by itself
+            return result
+
+        with mock.patch.object(type(self.backend.lifecycle.active[0].resource.client), "prompt",
+                               prompt_then_lose):
+            _, sid = self.step("C", "plain")
+            self.settle()
+        self.assertEqual(adapter.close_calls, [sid])
+        self.assertEqual(self.guard.stats["errors"], 0)
+
+    def test_bugs_in_session_bookkeeping_never_reach_the_engine(self):
+        self.engine.create_job("C", workflow=self.workflow("plain"))
+        with mock.patch.object(self.guard, "_session_opened", side_effect=RuntimeError("bug")), \
+                mock.patch.object(self.guard, "_run_saved", side_effect=RuntimeError("bug")), \
+                mock.patch.object(self.guard, "_after_release", side_effect=RuntimeError("bug")), \
+                mock.patch.object(self.guard, "_spawn_enter", side_effect=RuntimeError("bug")):
+            with self.assertLogs(LOGGER, level="ERROR"):
+                run, sid = self.step("C", "plain")
+                self.backend.release_for_job("C")
+        self.assertTrue(sid)
+        self.assertEqual(self.store.runs[run.id][0].value, "completed")
+        self.assertGreaterEqual(self.guard.stats["errors"], 4)
+
+    def test_close_runs_off_the_engine_thread(self):
+        self.engine.create_job("C", workflow=self.workflow("plain"))
+        self.backend.lifecycle.acquire("shared", job_id="C")
+        _, adapter = self.adapter()
+        entered, unblock = threading.Event(), threading.Event()
+        client_cls = type(self.backend.lifecycle.active[0].resource.client)
+        real_close = client_cls.close_session
+        threads = []
+
+        def slow_close(client, session_id):
+            threads.append(threading.current_thread().name)
+            entered.set()
+            unblock.wait(5)
+            return real_close(client, session_id)
+
+        with mock.patch.object(client_cls, "close_session", slow_close):
+            _, sid = self.step("C", "plain")   # returns although close_session hangs
+            self.assertTrue(entered.wait(5))
+            self.assertIn(sid, adapter.sessions)
+            unblock.set()
+            self.settle()
+        self.assertEqual(threads, ["stepwise-release-guard-sessions"])
+        self.assertEqual(adapter.closed, [sid])
+
+
+class SessionMemoryTests(SessionTestCase):
+    def test_maps_are_bounded_and_pruned(self):
+        self.guard.memo_cap = 16
+        self.engine.create_job("A", workflow=self.workflow("hold"))
+        _, a_thread = self.step_in_thread("A", "hold")
+        for i in range(60):
+            job = f"J{i}"
+            self.engine.create_job(job, workflow=self.workflow({"name": "s", "session": "m"}))
+            self.step(job, "s", config={"_session_name": "m"})
+            self.assertLessEqual(len(self.guard._sessions), 16)
+            self.assertLessEqual(len(self.guard._job_steps), 16)
+        for i in range(60):
+            self.engine._check_job_terminal(f"J{i}")
+        self.settle()
+        self.assertEqual([j for j, *_ in self.guard.open_sessions()], ["A"])
+        self.assertEqual({j for j in self.guard._job_steps if j.startswith("J")}, set())
+        self.release_turn("hold", a_thread)
+        self.engine._check_job_terminal("A")
+        self.settle()
+        self.assertEqual(self.guard.open_sessions(), [])
+
+    def test_collected_clients_are_forgotten(self):
+        import gc
+        self.engine.create_job("C", workflow=self.workflow({"name": "s", "session": "m"}))
+        self.step("C", "s", config={"_session_name": "m"})
+        self.assertEqual(len(self.guard.open_sessions()), 1)
+        self.backend.lifecycle.active.clear()        # the pool dropped the adapter object
+        gc.collect()
+        self.guard._session_opened(object(), "x", "new")   # any later bookkeeping drains
+        with self.guard._lock:
+            self.guard._drain_gone()
+        self.assertEqual(self.guard.open_sessions(), [])
+
+
+class SessionMarkerTests(SessionTestCase):
+    def test_marker_says_session_closing_is_active(self):
+        dot = os.path.join(self.tmp.name, "project", ".stepwise")
+        os.makedirs(dot)
+        with open(os.path.join(dot, "server.pid"), "w") as fh:
+            json.dump({"pid": os.getpid()}, fh)
+        engine, store, backend = self.make_engine(db_path=self.db, project_dir=dot)
+        with open(os.path.join(dot, srg.MARKER_FILENAME)) as fh:
+            marker = json.load(fh)
+        self.assertIs(marker["sessionClosing"], True)
+        self.assertIsNone(marker["sessionClosingReason"])
+        self.assertIn(f"{self.pkg}.acp_client.ACPClient.new_session", marker["hook_points"])
+        engine.create_job("C", workflow=self.workflow("plain"))
+        engine.run_agent_step(backend, "C", "plain")
+        self.settle()
+        with open(os.path.join(dot, srg.MARKER_FILENAME)) as fh:
+            self.assertEqual(json.load(fh)["stats"]["sessions_closed_after_step"], 1)
+
+
+def _sources_with(**replacements):
+    sources = dict(FAKE_SOURCES)
+    for module, pairs in replacements.items():
+        text = sources[module]
+        for old, new in pairs:
+            assert old in text, old
+            text = text.replace(old, new)
+        sources[module] = text
+    return sources
+
+
+class NoCloseSessionTests(FakeStepwiseTestCase):
+    sources = _sources_with(**{"acp_client.py": [
+        ("def close_session(self, session_id):", "def end_session(self, session_id):")]})
+
+    def test_only_session_closing_is_off(self):
+        dot = os.path.join(self.cwd, ".stepwise")
+        os.makedirs(dot)
+        with open(os.path.join(dot, "server.pid"), "w") as fh:
+            json.dump({"pid": os.getpid()}, fh)
+        with self.assertLogs(LOGGER, level="WARNING") as logs:
+            engine, store, backend = self.make_engine()
+        warnings = [r.getMessage() for r in logs.records if r.levelname == "WARNING"]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("close_session", warnings[0])
+        self.assertEqual(self.guard.state, "active", "the release part stays on")
+        self.assertEqual(self.guard.session_state, "disabled")
+        self.assertIn("close_session", self.guard.session_reason)
+        self.assertFalse(getattr(self.mod("acp_backend").ACPBackend.spawn, srg._WRAPPER_FLAG, False))
+        self.assertFalse(getattr(self.mod("store").SQLiteStore.save_run, srg._WRAPPER_FLAG, False))
+        # releases still guarded
+        engine.create_job("j1")
+        backend.lifecycle.acquire("x", job_id="j1")
+        engine._process_completion(store.load_job("j1"), "abandon")
+        self.assertEqual(backend.released, ["j1"])
+        with open(os.path.join(dot, srg.MARKER_FILENAME)) as fh:
+            marker = json.load(fh)
+        self.assertIs(marker["active"], True)
+        self.assertIs(marker["sessionClosing"], False)
+        self.assertIn("close_session", marker["sessionClosingReason"])
+
+
+class ChangedSpawnTests(FakeStepwiseTestCase):
+    sources = _sources_with(**{"acp_backend.py": [
+        ("def spawn(self, prompt, config, context):", "def spawn(self, prompt, config, ctx):"),
+        ("job_id=context.job_id", "job_id=ctx.job_id"),
+        ("if context.state_update_fn:", "if ctx.state_update_fn:"),
+        ("context.state_update_fn({", "ctx.state_update_fn({"),
+        ("self.gates.get(context.step_name)", "self.gates.get(ctx.step_name)")]})
+
+    def test_changed_signature_turns_session_closing_off(self):
+        with self.assertLogs(LOGGER, level="WARNING"):
+            self.make_engine()
+        self.assertEqual(self.guard.state, "active")
+        self.assertEqual(self.guard.session_state, "disabled")
+        self.assertIn("context", self.guard.session_reason)
+
+
+class NoAcpClientTests(FakeStepwiseTestCase):
+    sources = {k: v for k, v in FAKE_SOURCES.items() if k != "acp_client.py"}
+    sources["acp_backend.py"] = FAKE_SOURCES["acp_backend.py"].replace(
+        "from .acp_client import ACPClient, FakeAdapter", "ACPClient = FakeAdapter = None")
+
+    def test_missing_client_module_turns_session_closing_off(self):
+        with self.assertLogs(LOGGER, level="WARNING"):
+            self.mod("engine")
+            self.mod("acp_backend")
+        self.assertEqual(self.guard.state, "active")
+        self.assertEqual(self.guard.session_state, "disabled")
+        self.assertIn("acp_client", self.guard.session_reason)
+
+
+class SessionWaitingTests(FakeStepwiseTestCase):
+    def test_waits_for_the_acp_backend_import(self):
+        self.mod("engine")
+        self.assertEqual(self.guard.session_state, "waiting")
+        self.assertIs(self.guard.marker_payload()["sessionClosing"], False)
+        self.assertIn("not loaded", self.guard.marker_payload()["sessionClosingReason"])
+        self.assertIn(f"{self.pkg}.acp_backend", self.guard._hook.watched)
+        self.mod("acp_backend")
+        self.assertEqual(self.guard.session_state, "active")
+        self.assertIs(self.guard.marker_payload()["sessionClosing"], True)
+
+    def test_acp_backend_imported_before_the_engine(self):
+        self.guard.uninstall()
+        self.mod("acp_backend")
+        self.guard.install()
+        self.mod("engine")
+        self.assertEqual(self.guard.session_state, "active")
+
+
+class DisabledGuardSessionTests(DisabledTests):
+    def test_marker_of_a_disabled_guard_has_session_closing_off(self):
+        with self.assertLogs(LOGGER, level="WARNING"):
+            self.mod("engine")
+        payload = self.guard.marker_payload()
+        self.assertIs(payload["sessionClosing"], False)
+        self.assertIn("not active", payload["sessionClosingReason"])
+
+
+class PortabilityTests(unittest.TestCase):
+    def test_module_reads_nothing_linux_only(self):
+        with open(os.path.join(GUARD_DIR, "stepwise_release_guard.py")) as fh:
+            source = fh.read()
+        for needle in ("/proc", "/sys/", "prctl", "sys.platform", "linux"):
+            self.assertNotIn(needle, source.lower() if needle == "linux" else source, needle)
 
 
 # ── the module itself, in fresh interpreters ────────────────────────────

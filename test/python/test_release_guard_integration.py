@@ -2,9 +2,11 @@
 
 Set STEPWISE_SRC to a stepwise source tree (the directory holding pyproject.toml and
 src/stepwise/); otherwise every test here is skipped. Each scenario runs twice, in fresh
-processes (release_guard_scenario.py): once without the guard, where the adapter leaks, and
-once with it loaded the way site-packages loads stepwise_release_guard.pth, where the
-adapter is gone within a few seconds of the job becoming terminal.
+processes (release_guard_scenario.py): once without the guard, where the adapter (or a
+session inside a shared adapter) leaks, and once with it loaded the way site-packages loads
+stepwise_release_guard.pth, where the adapter is gone within a few seconds of the job
+becoming terminal, and the sessions nothing can resume are closed (ACP session/close, as
+recorded by fake_acp_adapter.py) while the adapter and the other sessions stay.
 
     STEPWISE_SRC=/path/to/stepwise python3 -m unittest test_release_guard_integration -v
 """
@@ -122,6 +124,61 @@ class RealEngineTests(unittest.TestCase):
                          f"with the guard the retry's adapter is gone:\n{with_guard['_stderr'][-3000:]}")
         self.assertGreaterEqual(with_guard["guard_status"]["stats"]["released_after_acquire"], 1)
         self.assertEqual(with_guard["guard_status"]["stats"]["errors"], 0)
+
+    # ── session closing ──────────────────────────────────────────────────
+
+    @staticmethod
+    def _events(report):
+        adapters = report["adapters"]
+        assert len(adapters) == 1, adapters
+        return adapters[0], [(e["event"], e["sessionId"]) for e in adapters[0]["sessions"]]
+
+    def test_shared_adapter_abandoned_jobs_session_closed(self):
+        without = self.run_scenario("shared", guard=False)
+        adapter, events = self._events(without)
+        a_sid, b_sid = without["sessions"]["A"], without["sessions"]["B"]
+        self.assertEqual(without["job_status"], {"A": "running", "B": "failed"})
+        self.assertTrue(adapter["alive"])
+        self.assertEqual({sid for ev, sid in events if ev == "new"}, {a_sid, b_sid},
+                         "one adapter, two sessions (the jobs share the working dir)")
+        self.assertEqual([sid for ev, sid in events if ev == "close"], [],
+                         "stepwise never closes a session")
+
+        with_guard = self.run_scenario("shared", guard=True)
+        adapter, events = self._events(with_guard)
+        a_sid, b_sid = with_guard["sessions"]["A"], with_guard["sessions"]["B"]
+        self.assertEqual(with_guard["job_status"], {"A": "running", "B": "failed"})
+        self.assertEqual(with_guard["runs"]["A"], "running", "A's turn goes on")
+        self.assertTrue(adapter["alive"], "the adapter A uses stays")
+        self.assertEqual([sid for ev, sid in events if ev == "close"], [b_sid],
+                         f"B's session closed, A's kept:\n{with_guard['_stderr'][-3000:]}")
+        self.assertTrue(all(e["ok"] for e in adapter["sessions"]))
+        stats = with_guard["guard_status"]["stats"]
+        self.assertEqual(stats["sessions_closed_on_release"], 1)
+        self.assertEqual(stats["session_close_errors"], 0)
+        self.assertEqual(stats["errors"], 0)
+        self.assertIs(with_guard["marker"]["sessionClosing"], True)
+        self.assertIsNone(with_guard["marker"]["sessionClosingReason"])
+
+    def test_finished_steps_sessions(self):
+        without = self.run_scenario("steps", guard=False)
+        _, events = self._events(without)
+        self.assertEqual([sid for ev, sid in events if ev == "close"], [])
+
+        with_guard = self.run_scenario("steps", guard=True)
+        adapter, events = self._events(with_guard)
+        sessions = with_guard["sessions"]
+        self.assertEqual(with_guard["runs"], {"s1": "completed", "s2": "completed",
+                                              "s3": "completed", "hold": "running"})
+        self.assertEqual(sessions["s2"], sessions["s3"], "s3 continued the named session")
+        self.assertIn(("load", sessions["s3"]), events)
+        self.assertEqual([sid for ev, sid in events if ev == "close"], [sessions["s1"]],
+                         "only s1's session (no session, nobody forks it) is closed; the named "
+                         f"session and the running turn are kept:\n{with_guard['_stderr'][-3000:]}")
+        self.assertTrue(adapter["alive"])
+        stats = with_guard["guard_status"]["stats"]
+        self.assertEqual(stats["sessions_closed_after_step"], 1)
+        self.assertEqual(stats["errors"], 0)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { nextGraceExpiry, plan } from '../../core/plan.js';
+import { actionBytes, nextGraceExpiry, plan } from '../../core/plan.js';
 import { mib, renderStatus, totals } from '../../core/report.js';
 import { DEFAULT_POLICY, type Policy } from '../../core/types.js';
 import { ProjectSession } from '../../daemon/collect.js';
@@ -66,7 +66,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       io.stdout(renderStatus([before], { all: true }));
 
       const ctx = selfPlanContext(false);
-      const selection = { allLeaked: true, orphans: true, jobs: [], pids: [], force: false, gc: true };
+      const selection = { allLeaked: true, orphans: true, sessions: true, jobs: [], pids: [], force: false, gc: true };
       // Leaked trees are reaped only once their jobs ended a terminal grace ago (the engine's own
       // teardown may still run), orphans once older than the spawn grace: wait for both.
       let current = before;
@@ -78,9 +78,10 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
         current = session.collect();
       }
       const p = plan(current, policy, selection, ctx);
-      say('$ stepwise-watchdog reap --all-leaked --orphans   (dry run: the plan)');
+      say('$ stepwise-watchdog reap --all-leaked --orphans --sessions   (dry run: the plan)');
       for (const a of p.actions) {
-        if (a.kind === 'kill-tree') say(`  kill tree ${a.tree.topPid} (${a.verdict}, ${a.tree.processes.length} processes, ${mib(a.tree.rssBytes + a.tree.swapBytes)} MiB): ${a.reason}`);
+        if (a.kind === 'kill-tree') say(`  kill tree ${a.tree.topPid} (${a.verdict}, ${a.tree.processes.length} processes, ${mib(actionBytes(a))} MiB): ${a.reason}`);
+        else if (a.kind === 'kill-session') say(`  stop session ${a.session.sessionId.slice(0, 8)} (CLI ${a.session.pid} in tree ${a.tree.topPid}, ${mib(actionBytes(a))} MiB): ${a.session.reason}`);
         else say(`  remove ${a.file.name}: ${a.reason}`);
       }
       for (const r of p.refusals) say(`  hold ${r.target}: ${r.reason}`);
@@ -88,11 +89,11 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
 
       if (io.stopSignal.aborted) return interrupted();
       const memBefore = memAvailable();
-      say('$ stepwise-watchdog reap --all-leaked --orphans --yes   (and gc --yes)');
+      say('$ stepwise-watchdog reap --all-leaked --orphans --sessions --yes   (and gc --yes)');
       const audit = new AuditLog(path.join(project.root, 'watchdog-audit.jsonl'));
       const report = await executePlan(p, { session, actor: 'cli', audit, killWaitMs: 5_000, gc: true, planContext: ctx, signal: io.stopSignal });
       const s = summarise(report.results);
-      for (const r of s.reaped) say(`  tree ${r.topPid} (${r.verdict}): ${r.result}${r.result === 'ok' ? `, ${mib(r.bytes)} MiB freed` : `: ${r.detail}`}`);
+      for (const r of s.reaped) say(`  ${r.verdict === 'leaked-session' ? 'session in tree' : 'tree'} ${r.topPid} (${r.verdict}): ${r.result}${r.result === 'ok' ? `, ${mib(r.bytes)} MiB freed` : `: ${r.detail}`}`);
       for (const f of s.pidFilesRemoved) say(`  ${path.basename(f.path)}: ${f.result}`);
       if (report.auditError) say(`  ! ${report.auditError}`);
       // Give the kernel a moment to account the freed pages.

@@ -10,7 +10,7 @@ import { hooksInstalled } from '../../hooks/install.js';
 import { selfPlanContext } from '../../effects/self.js';
 import { configFrom, openSessions } from '../context.js';
 import { EXIT, type CliIO } from '../io.js';
-import { guardStatus, resolveEnv } from './guard.js';
+import { guardStatus, resolveEnv, sessionClosingText } from './guard.js';
 
 type Level = 'ok' | 'warn' | 'fail' | 'info';
 interface Check {
@@ -81,9 +81,9 @@ export default async function doctor(opts: Record<string, unknown>, io: CliIO): 
         const loaded = g.loadedInServer;
         checks.push({
           name: 'guard',
-          level: loaded?.active ? 'ok' : g.installed ? 'warn' : 'info',
+          level: loaded?.active ? (loaded.sessionClosing === true ? 'ok' : 'warn') : g.installed ? 'warn' : 'info',
           detail: loaded?.active
-            ? `loaded in server ${loaded.serverPid} (stepwise ${loaded.stepwiseVersion ?? '?'})`
+            ? `loaded in server ${loaded.serverPid} (stepwise ${loaded.stepwiseVersion ?? '?'}); ${sessionClosingText(loaded)}`
             : g.installed
               ? `installed in ${g.sitePackages} but not active in the running server${loaded?.reason ? `: ${loaded.reason}` : ''}`
               : `not installed in ${g.sitePackages} (\`stepwise-watchdog guard install\`)`,
@@ -96,7 +96,15 @@ export default async function doctor(opts: Record<string, unknown>, io: CliIO): 
       const p = plan(
         inv,
         policy,
-        { allLeaked: !config.observeOnly, orphans: !config.observeOnly && config.orphans, jobs: [], pids: [], force: false, gc: !config.observeOnly && config.gc },
+        {
+          allLeaked: !config.observeOnly,
+          orphans: !config.observeOnly && config.orphans,
+          sessions: !config.observeOnly && config.reapSessions,
+          jobs: [],
+          pids: [],
+          force: false,
+          gc: !config.observeOnly && config.gc,
+        },
         selfPlanContext(config.allowOtherUids, config.procRoot),
       );
       const kills = p.actions.filter((a) => a.kind === 'kill-tree');

@@ -43,7 +43,17 @@ export interface GuardStatus {
   module: string;
   pth: string;
   installed: boolean;
-  loadedInServer: { serverPid: number | null; marker: string | null; active: boolean | null; pid: number | null; reason: string | null; stepwiseVersion: string | null } | null;
+  loadedInServer: {
+    serverPid: number | null;
+    marker: string | null;
+    active: boolean | null;
+    pid: number | null;
+    reason: string | null;
+    stepwiseVersion: string | null;
+    /** Session closing (guard ≥ 0.2.0): true/false from the live server's marker; null when unknown (older guard, no marker, stale marker). */
+    sessionClosing: boolean | null;
+    sessionClosingReason: string | null;
+  } | null;
 }
 
 export function guardStatus(env: PythonEnv, server: ReturnType<typeof liveServer>): GuardStatus {
@@ -53,6 +63,7 @@ export function guardStatus(env: PythonEnv, server: ReturnType<typeof liveServer
     const dirs = [...new Set([server.cwd ? path.join(server.cwd, '.stepwise') : null, path.join(server.root, '.stepwise')].filter((d): d is string => d !== null))];
     const found = readGuardMarker(dirs);
     const m = found?.marker;
+    const current = m ? m.pid === server.pid : false;
     loaded = {
       serverPid: server.pid,
       marker: found?.file ?? null,
@@ -61,6 +72,8 @@ export function guardStatus(env: PythonEnv, server: ReturnType<typeof liveServer
       pid: typeof m?.pid === 'number' ? m.pid : null,
       reason: m?.reason ?? (m ? null : 'no marker: the guard has not loaded in this server (restart it after installing)'),
       stepwiseVersion: m?.stepwise_version ?? null,
+      sessionClosing: current && typeof m?.sessionClosing === 'boolean' ? m.sessionClosing && m.active === true : null,
+      sessionClosingReason: current && typeof m?.sessionClosingReason === 'string' ? m.sessionClosingReason : null,
     };
   }
   return {
@@ -73,6 +86,13 @@ export function guardStatus(env: PythonEnv, server: ReturnType<typeof liveServer
     installed: files.module === 'current' && files.pth === 'current',
     loadedInServer: loaded,
   };
+}
+
+/** "closes sessions nothing can resume" / "session closing off: …" / "… unknown" for a loaded guard. */
+export function sessionClosingText(l: NonNullable<GuardStatus['loadedInServer']>): string {
+  if (l.sessionClosing === true) return 'session closing active (closes ACP sessions of released jobs and finished steps nothing can resume)';
+  if (l.sessionClosing === false) return `session closing off${l.sessionClosingReason ? `: ${l.sessionClosingReason}` : ''}`;
+  return 'session closing unknown: the loaded guard predates it (install the current one and restart the server)';
 }
 
 export function resolveEnv(opts: Record<string, unknown>, io: CliIO): { env: PythonEnv; server: ReturnType<typeof liveServer> } {
@@ -114,7 +134,10 @@ export default async function guard(opts: Record<string, unknown>, io: CliIO, ar
     io.stdout(`installed     ${status.installed ? 'yes' : 'no'} (module ${status.module}, .pth ${status.pth})\n`);
     const l = status.loadedInServer;
     if (!l) io.stdout('server        none running: cannot tell whether the guard is loaded\n');
-    else io.stdout(`in server     ${l.active ? `active in pid ${l.serverPid}` : `not active in pid ${l.serverPid}`}${l.reason ? ` (${l.reason})` : ''}\n`);
+    else {
+      io.stdout(`in server     ${l.active ? `active in pid ${l.serverPid}` : `not active in pid ${l.serverPid}`}${l.reason ? ` (${l.reason})` : ''}\n`);
+      if (l.active) io.stdout(`sessions      ${sessionClosingText(l)}\n`);
+    }
   }
   return EXIT.ok;
 }

@@ -1,6 +1,10 @@
 // `reap`: plan, and with --yes carry out, the reaping of leaked and orphaned adapter trees.
 //
-//   reap [--project DIR]… [--all-leaked] [--orphans] [--job ID]… [--pid PID]… [--force] [--yes] [--json]
+//   reap [--project DIR]… [--all-leaked] [--orphans] [--sessions] [--job ID]… [--pid PID]… [--force] [--yes] [--json]
+//
+// --sessions stops the CLI of every leaked session (its jobs all terminal, past the terminal
+// grace) inside an adapter that lives on for other jobs: that process and its descendants, by
+// pid, never the adapter, never another session, never by group.
 //
 // Without --yes nothing changes: the plan is printed (each action with its reason and the
 // memory it would free, each refusal with its reason) and nothing is audited. With --yes every
@@ -24,7 +28,8 @@
 //
 // --json prints one document (schemaVersion 1), see reapDocument() below:
 //   { schemaVersion, command, dryRun, auditLog, exitCode, error,
-//     totals: { wouldFreeBytes, bytesFreed, treesReaped, treesFailed, treesSkipped, pidFilesRemoved, pidFilesFailed, refused },
+//     totals: { wouldFreeBytes, bytesFreed, treesReaped, treesFailed, treesSkipped, sessionsStopped, sessionsFailed,
+//               sessionsSkipped, pidFilesRemoved, pidFilesFailed, refused },
 //     projects: [{ root, sources: {name: {ok, error}},
 //                  plan: { project, actions: [...], refusals: [...], wouldFreeBytes }   (effects/report.ts planDocument)
 //                  invalidPidFiles: [{ path, reason }],
@@ -33,7 +38,7 @@
 import path from 'node:path';
 import { policyFromConfig, type Config } from '../../config/schema.js';
 import { mib } from '../../core/report.js';
-import { plan as makePlan, type Plan, type PlannedAction, type Refusal, type Selection } from '../../core/plan.js';
+import { actionBytes, plan as makePlan, type Plan, type PlannedAction, type Refusal, type Selection } from '../../core/plan.js';
 import type { ProjectInventory } from '../../core/types.js';
 import type { ProjectSession } from '../../daemon/collect.js';
 import { AuditLog, AuditLogError, defaultAuditLogPath } from '../../effects/audit-log.js';
@@ -54,10 +59,11 @@ interface ProjectRun {
 }
 
 export function selectionFrom(opts: Record<string, unknown>, command: Command): Selection {
-  if (command === 'gc') return { allLeaked: false, orphans: false, jobs: [], pids: [], force: false, gc: true };
+  if (command === 'gc') return { allLeaked: false, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: true };
   return {
     allLeaked: opts.allLeaked === true,
     orphans: opts.orphans === true,
+    sessions: opts.sessions === true,
     jobs: Array.isArray(opts.job) ? (opts.job as string[]) : [],
     pids: Array.isArray(opts.pid) ? (opts.pid as number[]) : [],
     force: opts.force === true,
@@ -67,8 +73,8 @@ export function selectionFrom(opts: Record<string, unknown>, command: Command): 
 
 export default async function reap(opts: Record<string, unknown>, io: CliIO): Promise<number> {
   const selection = selectionFrom(opts, 'reap');
-  if (!selection.allLeaked && !selection.orphans && selection.jobs.length === 0 && selection.pids.length === 0) {
-    throw new UserError('reap: nothing selected: give --all-leaked, --orphans, --job ID or --pid PID (see `stepwise-watchdog status` for the trees)', EXIT.usage);
+  if (!selection.allLeaked && !selection.orphans && !selection.sessions && selection.jobs.length === 0 && selection.pids.length === 0) {
+    throw new UserError('reap: nothing selected: give --all-leaked, --orphans, --sessions, --job ID or --pid PID (see `stepwise-watchdog status` for the trees)', EXIT.usage);
   }
   return runPlanCommand('reap', selection, opts, io);
 }
@@ -155,7 +161,7 @@ function exitCode(runs: ProjectRun[]): number {
     const s = summarise(report.results);
     if (s.anyFailed) failed = true;
     for (const r of report.results) {
-      if (r.kind !== 'kill-tree' || r.outcome !== 'skipped') continue;
+      if ((r.kind !== 'kill-tree' && r.kind !== 'kill-session') || r.outcome !== 'skipped') continue;
       if (r.code === 'source_down') sourceDown = true;
       else if (r.selectedBy === 'job' || r.selectedBy === 'pid') refused = true;
     }
@@ -178,13 +184,14 @@ function problemLines(runs: ProjectRun[]): string[] {
 
 // ── text output ───────────────────────────────────────────────────────────────────────────────
 
-const treeBytes = (a: { tree: { rssBytes: number; swapBytes: number } }) => a.tree.rssBytes + a.tree.swapBytes;
-
 function describeAction(a: PlannedAction): string {
   if (a.kind === 'kill-tree') {
     const pidFile = a.tree.pidFile ? `, pid file ${path.basename(a.tree.pidFile)}` : '';
     const forced = a.forced ? ' FORCED' : '';
-    return `tree ${a.tree.topPid} (${a.verdict}${forced}, ${a.tree.processes.length} process(es), ${mib(treeBytes(a))} MiB${pidFile}): ${a.reason}`;
+    return `tree ${a.tree.topPid} (${a.verdict}${forced}, ${a.tree.processes.length} process(es), ${mib(actionBytes(a))} MiB${pidFile}): ${a.reason}`;
+  }
+  if (a.kind === 'kill-session') {
+    return `session ${a.session.sessionId} (CLI pid ${a.session.pid} in tree ${a.tree.topPid}, ${a.session.processes.length} process(es), ${mib(actionBytes(a))} MiB): ${a.session.reason}`;
   }
   return `pid file ${a.file.name} (${a.file.verdict}): ${a.file.reason}`;
 }
@@ -199,6 +206,12 @@ function describeResult(r: ActionResult): string {
     if (r.outcome === 'ok') return `reaped tree ${r.topPid} (${r.verdict}): ${r.detail}, ${mib(r.bytesFreed)} MiB freed${pf}`;
     if (r.outcome === 'failed') return `FAILED tree ${r.topPid} (${r.verdict}): ${r.detail}; ${mib(r.bytesFreed)} MiB freed${pf}`;
     return `skipped tree ${r.topPid} (${r.code ?? 'skipped'}): ${r.detail}`;
+  }
+  if (r.kind === 'kill-session') {
+    const what = `session ${r.sessionId} (CLI pid ${r.pid} in tree ${r.topPid})`;
+    if (r.outcome === 'ok') return `stopped ${what}: ${r.detail}, ${mib(r.bytesFreed)} MiB freed`;
+    if (r.outcome === 'failed') return `FAILED ${what}: ${r.detail}; ${mib(r.bytesFreed)} MiB freed`;
+    return `skipped ${what} (${r.code ?? 'skipped'}): ${r.detail}`;
   }
   if (r.kind === 'remove-pid-file') {
     const name = path.basename(r.path);
@@ -219,8 +232,8 @@ function render(command: Command, runs: ProjectRun[], dryRun: boolean): string {
     if (dryRun || !report) {
       if (p.actions.length === 0) out.push(`  nothing to ${command === 'gc' ? 'remove' : 'reap'}`);
       for (const a of p.actions) {
-        out.push(`  would ${a.kind === 'kill-tree' ? 'reap' : 'remove'} ${describeAction(a)}`);
-        if (a.kind === 'kill-tree') wouldFree += treeBytes(a);
+        out.push(`  would ${a.kind === 'kill-tree' ? 'reap' : a.kind === 'kill-session' ? 'stop' : 'remove'} ${describeAction(a)}`);
+        wouldFree += actionBytes(a);
       }
       for (const r of p.refusals) out.push(`  ${r.code === 'grace' ? 'held' : 'refused'} ${describeRefusal(r)}`);
     } else {
@@ -237,7 +250,8 @@ function render(command: Command, runs: ProjectRun[], dryRun: boolean): string {
   } else {
     const s = summarise(runs.flatMap((r) => r.report?.results ?? []));
     if (command === 'reap') {
-      out.push(`total: ${s.counts.ok} tree(s) reaped, ${mib(s.bytesFreed)} MiB freed, ${s.counts.failed} failed, ${s.counts.skipped} skipped, ${s.counts.refused} refused`);
+      const sessions = s.counts.sessionsOk + s.counts.sessionsFailed + s.counts.sessionsSkipped > 0 ? `, ${s.counts.sessionsOk} session(s) stopped (${s.counts.sessionsFailed} failed, ${s.counts.sessionsSkipped} skipped)` : '';
+      out.push(`total: ${s.counts.ok} tree(s) reaped${sessions}, ${mib(s.bytesFreed)} MiB freed, ${s.counts.failed} failed, ${s.counts.skipped} skipped, ${s.counts.refused} refused`);
     } else {
       out.push(`total: ${s.counts.pidFilesRemoved} pid file(s) removed, ${s.counts.pidFilesFailed} failed`);
     }
@@ -255,7 +269,19 @@ function emptyDocument(command: Command, auditLog: string, error: string) {
     auditLog,
     exitCode: EXIT.sourceDown,
     error,
-    totals: { wouldFreeBytes: 0, bytesFreed: 0, treesReaped: 0, treesFailed: 0, treesSkipped: 0, pidFilesRemoved: 0, pidFilesFailed: 0, refused: 0 },
+    totals: {
+      wouldFreeBytes: 0,
+      bytesFreed: 0,
+      treesReaped: 0,
+      treesFailed: 0,
+      treesSkipped: 0,
+      sessionsStopped: 0,
+      sessionsFailed: 0,
+      sessionsSkipped: 0,
+      pidFilesRemoved: 0,
+      pidFilesFailed: 0,
+      refused: 0,
+    },
     projects: [],
   };
 }
@@ -264,7 +290,7 @@ export function reapDocument(command: Command, runs: ProjectRun[], meta: { dryRu
   const s = summarise(runs.flatMap((r) => r.report?.results ?? []));
   let wouldFree = 0;
   const projects = runs.map(({ inv, plan: p, report }) => {
-    wouldFree += p.actions.reduce((sum, a) => sum + (a.kind === 'kill-tree' ? treeBytes(a) : 0), 0);
+    wouldFree += p.actions.reduce((sum, a) => sum + actionBytes(a), 0);
     return {
       root: inv.root,
       sources: Object.fromEntries(Object.entries(inv.sources).map(([name, h]) => [name, { ok: h.ok, error: h.error ?? null }])),
@@ -287,6 +313,9 @@ export function reapDocument(command: Command, runs: ProjectRun[], meta: { dryRu
       treesReaped: s.counts.ok,
       treesFailed: s.counts.failed,
       treesSkipped: s.counts.skipped,
+      sessionsStopped: s.counts.sessionsOk,
+      sessionsFailed: s.counts.sessionsFailed,
+      sessionsSkipped: s.counts.sessionsSkipped,
       pidFilesRemoved: s.counts.pidFilesRemoved,
       pidFilesFailed: s.counts.pidFilesFailed,
       refused: s.counts.refused,
