@@ -216,9 +216,38 @@ class Harness:
         running = self.start(f"{name}-running", ws, f"[hold:{name}-running] keep working")
         r = await self.wait_session(running)
         await self.wait_held(f"{name}-running")
-        abandoned = self.start(f"{name}-abandoned", ws, "finish the task", "abandon")
-        await self.wait_status(abandoned, ("failed", "completed", "cancelled"))
-        a = await self.wait_session(abandoned)
+        # Every CLI that shows up in the shared group, by session id, while the second job runs:
+        # with the release guard its CLI may be closed a few ms after its turn, before the run's
+        # executor_state is read here.
+        seen: dict[str, dict] = {}
+        stop = asyncio.Event()
+
+        async def watch_clis():
+            while not stop.is_set():
+                for pid in group_members(r["pgid"]):
+                    argv = argv_of(pid)
+                    sid = next((a.split("=", 1)[1] for a in argv if a.startswith("--session-id=")), None)
+                    if sid and sid not in seen:
+                        seen[sid] = {"pid": pid, "seenAt": time.time()}
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch_clis())
+        try:
+            abandoned = self.start(f"{name}-abandoned", ws, "finish the task", "abandon")
+            await self.wait_status(abandoned, ("failed", "completed", "cancelled"))
+            st = await wait_for(lambda: (s := self.state(abandoned)).get("session_id") and s, 30,
+                                f"job {abandoned}'s executor_state.session_id")
+            sid = st["session_id"]
+            if self.args.guard_dir:
+                await wait_for(lambda: sid in seen or not alive(r["adapterPid"]), 5, f"a CLI for {sid}")
+            else:
+                await wait_for(lambda: cli_of_session(r["pgid"], sid), 30, f"the CLI of session {sid}")
+                seen.setdefault(sid, {"pid": cli_of_session(r["pgid"], sid), "seenAt": time.time()})
+        finally:
+            stop.set()
+            await watcher
+        a = {"adapterPid": st["pid"], "pgid": st.get("pgid") or st["pid"], "sessionId": sid,
+             "cliPid": (seen.get(sid) or {}).get("pid"), "cliAliveAtReady": bool(cli_of_session(r["pgid"], sid))}
         return {f"{name}-running": self.info(running, **r), f"{name}-abandoned": self.info(abandoned, **a)}
 
     async def sc_paused(self, name: str) -> dict:
