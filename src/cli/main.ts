@@ -70,6 +70,7 @@ export function buildProgram(io: CliIO, setCode: (code: number) => void): Comman
     .description('build a throw-away stepwise-shaped project with fake adapter trees, show status, reap, clean up')
     .option('--keep', 'leave the demo project folder in place (processes are always stopped)')
     .option('--hold-mb <n>', 'memory each fake adapter process holds (MiB)', '24')
+    .option('--top-killed', 'also build two trees whose top died: a paused job’s (kept) and a failed job’s without pid file (leaked)')
     .action(lazy(() => import('./commands/demo.js')));
 
   projectOptions(program.command('reap'))

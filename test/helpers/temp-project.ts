@@ -8,6 +8,9 @@
 //   const b = await project.spawnAdapter({ job: 'running' });     // active
 //   const o = await project.spawnAdapter({ tree: { parent: 'orphan' } }); // orphaned (pid file only)
 //   const f = await project.spawnAdapter({ pidFile: false });     // foreign (no evidence)
+//   const s = await project.spawnAdapter({ jobs: ['running', 'failed'], sessions: true });
+//        // one adapter, one claude CLI per job; each run's executor_state.session_id = its uuid
+//   await s.tree.killTop();                                       // npm + sh die, node + CLIs live on
 //   ...
 //   await project.cleanup();                                      // every process stopped, folder removed
 //
@@ -17,12 +20,12 @@
 // tree's non-reaping parent becomes the project's server (server.pid is rewritten).
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type Database from 'better-sqlite3';
-import { spawnFakeTree, type FakeTree, type FakeTreeOptions } from '../../src/sources/fake-adapter.js';
+import { spawnFakeTree, type FakeSession, type FakeTree, type FakeTreeOptions } from '../../src/sources/fake-adapter.js';
 import { readIdentity } from '../../src/sources/processes.js';
 import {
   agentExecutorState,
@@ -52,6 +55,8 @@ export interface JobSpec {
   failReason?: string;
   /** Record the adapter pid in this run's executor_state (default true). */
   recordPid?: boolean;
+  /** executor_state.session_id (default: a random uuid no process carries). */
+  sessionId?: string;
 }
 
 export interface AdapterSpec {
@@ -66,12 +71,23 @@ export interface AdapterSpec {
   agent?: string;
   /** Make the tree's non-reaping parent the project's live server (needs tree.parent 'non-reaping'). */
   serverIsParent?: boolean;
+  /**
+   * Open one ACP session (a claude CLI, level 4) per job, recorded in that job's run as
+   * executor_state.session_id, like the engine. Default false: levels 1-3 only.
+   */
+  sessions?: boolean;
+  /** Sessions no run names (opened after the jobs' ones). Default 0. */
+  extraSessions?: number;
 }
 
 export interface TempAdapter {
   tree: FakeTree;
   jobIds: string[];
   runIds: string[];
+  /** With `sessions`: the session of each job (same order as jobIds). */
+  sessions: FakeSession[];
+  /** With `extraSessions`: sessions no run names. */
+  extraSessions: FakeSession[];
   pidFile: string | null;
 }
 
@@ -185,7 +201,9 @@ export async function createTempProject(opts: TempProjectOptions = {}): Promise<
       const runId = insertRun(db, {
         jobId,
         status: runStatus,
-        executorState: record ? agentExecutorState({ pid, agent, workingDir: root }) : { agent, working_dir: root },
+        executorState: record
+          ? agentExecutorState({ pid, agent, workingDir: root, ...(spec.sessionId !== undefined ? { sessionId: spec.sessionId } : {}) })
+          : { agent, working_dir: root, ...(spec.sessionId !== undefined ? { session_id: spec.sessionId } : {}) },
         // Started just now (after the process), finished just now: the run is evidence for it.
         startedAt: now,
         completedAt: open ? null : now,
@@ -221,14 +239,24 @@ export async function createTempProject(opts: TempProjectOptions = {}): Promise<
       const jobs = [...(spec.job !== undefined ? [spec.job] : []), ...(spec.jobs ?? [])];
       const jobIds: string[] = [];
       const runIds: string[] = [];
+      const sessions: FakeSession[] = [];
+      const extraSessions: FakeSession[] = [];
       for (const j of jobs) {
-        const { jobId, runId } = project.addJob(tree.topPid, j, agent);
+        let job = jobSpec(j);
+        if (spec.sessions) {
+          // The engine opens the step's session after the handshake, then records it.
+          const s = await tree.openSession(job.sessionId ?? randomUUID());
+          sessions.push(s);
+          job = { ...job, sessionId: s.sessionId };
+        }
+        const { jobId, runId } = project.addJob(tree.topPid, job, agent);
         jobIds.push(jobId);
         runIds.push(runId);
       }
+      for (let i = 0; i < (spec.extraSessions ?? 0); i++) extraSessions.push(await tree.openSession());
       const wantPidFile = spec.pidFile ?? (jobs.length > 0 || tree.parent === 'orphan');
       const pidFile = wantPidFile ? project.writePidFile(tree.topPid, { agent }) : null;
-      const adapter = { tree, jobIds, runIds, pidFile };
+      const adapter = { tree, jobIds, runIds, sessions, extraSessions, pidFile };
       project.adapters.push(adapter);
       return adapter;
     },

@@ -314,24 +314,37 @@ describe('readProcessTable on real processes', () => {
     const holdMb = 24;
     const t0 = Date.now() / 1000;
     const tree: FakeTree = await track(spawnFakeTree({ holdMb }));
-    const t1 = Date.now() / 1000;
+    // The real shape: npm exec → sh → node adapter, then one claude CLI per session.
     expect(tree.pids).toHaveLength(3);
-    const [top, child, grandchild] = tree.pids as [number, number, number];
+    const session = await tree.openSession();
+    const t1 = Date.now() / 1000;
+    expect(tree.pids).toHaveLength(4);
+    const [top, sh, adapter, cli] = tree.pids as [number, number, number, number];
     expect(tree.topPid).toBe(top);
     expect(tree.pgid).toBe(top);
+    expect(cli).toBe(session.pid);
     const { table, health } = readProcessTable({ detailFor: (p) => p.pid === top });
     expect(health.ok).toBe(true);
     const m = byPid(table.processes);
-    const [a, b, c] = [m.get(top)!, m.get(child)!, m.get(grandchild)!];
+    const [a, b, c, d] = [m.get(top)!, m.get(sh)!, m.get(adapter)!, m.get(cli)!];
     expect(a).toMatchObject({ ppid: process.pid, pgid: top, sid: top, state: expect.stringMatching(/^[RS]$/) });
     expect(b).toMatchObject({ ppid: top, pgid: top, sid: top });
-    expect(c).toMatchObject({ ppid: child, pgid: top, sid: top });
-    expect(a.argv.join(' ')).toContain('npm-exec @agentclientprotocol/claude-agent-acp');
-    expect(b.argv.join(' ')).toContain('claude-agent-acp');
-    expect(c.argv.join(' ')).not.toContain('claude-agent-acp');
-    expect(c.argv).toContain('claude');
-    for (const p of [a, b, c]) {
-      expect(p.rssBytes).toBeGreaterThanOrEqual(holdMb * 1024 * 1024);
+    expect(c).toMatchObject({ ppid: sh, pgid: top, sid: top });
+    expect(d).toMatchObject({ ppid: adapter, pgid: top, sid: top });
+    // npm's title: one argv element.
+    expect(a.argv).toHaveLength(1);
+    expect(a.argv[0]).toMatch(/^npm exec @agentclientprotocol\/claude-agent-acp --model \S+ --allowedPaths /);
+    expect(b.argv.slice(0, 2)).toEqual(['sh', '-c']);
+    expect(b.argv[2]).toMatch(/^'claude-agent-acp' --model /);
+    expect(c.argv[0]).toBe('node');
+    expect(c.argv[1]).toMatch(/\/_npx\/[0-9a-f]+\/node_modules\/\.bin\/claude-agent-acp$/);
+    expect(d.argv.join(' ')).not.toContain('claude-agent-acp');
+    expect(d.argv[1]).toMatch(/claude-agent-sdk-linux-x64\/claude$/);
+    expect(d.argv).toContain(`--session-id=${session.sessionId}`);
+    // The node levels hold what was asked; the CLI is the heavy one; sh holds nothing.
+    for (const p of [a, c]) expect(p.rssBytes).toBeGreaterThanOrEqual(holdMb * 1024 * 1024);
+    expect(d.rssBytes).toBeGreaterThanOrEqual(2 * holdMb * 1024 * 1024);
+    for (const p of [a, b, c, d]) {
       // Details reached the whole tree from the top alone (descendants).
       expect(p.detailed).toBe(true);
       expect(p.uid).toBe(process.getuid!());

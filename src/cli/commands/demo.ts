@@ -43,6 +43,9 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
   const holdMb = Number(opts.holdMb ?? 24);
   if (!Number.isFinite(holdMb) || holdMb < 0 || holdMb > 512) throw new UserError(`--hold-mb ${JSON.stringify(opts.holdMb)}: must be a number of MiB from 0 to 512`);
   const keep = opts.keep === true;
+  // Off by default until the classifier judges leaderless groups (issue 11): the paused job's
+  // top-killed tree would otherwise read as orphaned.
+  const topKilled = opts.topKilled === true;
   // Short graces so the demo can show `unreferenced` and reap without waiting a minute.
   const policy: Policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 3, terminalGraceSeconds: 3 };
   const say = (line = '') => io.stdout(`${line}\n`);
@@ -51,10 +54,10 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
     return 130;
   };
 
-  say(`Building a throw-away stepwise project with fake adapter trees (${holdMb} MiB per process)…`);
+  say(`Building a throw-away stepwise project with fake adapter trees (${holdMb} MiB per node level, ${2 * holdMb} MiB per claude CLI)…`);
   let project: DemoProject | null = null;
   try {
-    project = await buildDemoProject({ holdMb, spawnGraceSeconds: policy.spawnGraceSeconds, terminalGraceSeconds: policy.terminalGraceSeconds, log: (l) => say(l) });
+    project = await buildDemoProject({ holdMb, spawnGraceSeconds: policy.spawnGraceSeconds, terminalGraceSeconds: policy.terminalGraceSeconds, topKilled, log: (l) => say(l) });
     if (io.stopSignal.aborted) return interrupted();
     say(`Project: ${project.root} (stand-in server pid ${project.serverPid})`);
     say();
@@ -110,7 +113,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       say(`Reaped ${s.counts.ok} tree(s), freed ${mib(s.bytesFreed)} MiB of adapter memory; removed ${s.counts.pidFilesRemoved} stale pid file(s).`);
       if (memBefore !== null && memAfter !== null) say(`System MemAvailable: ${mib(memBefore)} MiB → ${mib(memAfter)} MiB (${memAfter >= memBefore ? '+' : ''}${mib(memAfter - memBefore)} MiB).`);
       say(`Audit trail: ${audit.path}${keep ? '' : ' (removed with the demo project; use --keep to look at it)'}`);
-      say('The active, paused, shared, spawning, unreferenced and foreign trees were left alone.');
+      say(`The active, paused${topKilled ? ' (one with its top dead)' : ''}, shared, spawning, unreferenced and foreign trees were left alone.`);
       return s.anyFailed ? EXIT.failed : EXIT.ok;
     } finally {
       session.close();
