@@ -70,7 +70,7 @@ export async function createDaemon(
     executor,
     metrics,
     logger: deps.logger,
-    watched: config.watchProcess.map((spec) => watchedProcess(spec, config.procRoot)),
+    watched: config.watchProcess.map((spec) => watchedProcess(spec, runtime.processes)),
     ...(deps.debounceMs !== undefined ? { debounceMs: deps.debounceMs } : {}),
   });
   const watcher = new ChangeWatcher((reason) => watchdog.poke(reason), deps.logger);

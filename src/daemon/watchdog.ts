@@ -8,6 +8,7 @@ import { SlidingTrend } from '../core/trend.js';
 import type { Policy, ProjectInventory } from '../core/types.js';
 import type { MetricsSource, ProcessMemory, WatchdogMetrics } from '../metrics/registry.js';
 import type { ProjectSession } from '../session/project-session.js';
+import type { WatchedProcess } from '../sources/watched-process.js';
 
 /** What carries out a plan (effects). Injected: the daemon itself never signals anything. */
 export interface PlanExecutor {
@@ -25,11 +26,7 @@ export interface ExecutionSummary {
   raw: unknown;
 }
 
-export interface WatchedProcess {
-  name: string;
-  /** Returns the current memory of the process named by its pid file, or why not. */
-  read(): { up: boolean; identity: string | null; rssBytes: number; swapBytes: number };
-}
+export type { WatchedProcess } from '../sources/watched-process.js';
 
 export interface WatchdogOptions {
   sessions: ProjectSession[];

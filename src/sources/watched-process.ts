@@ -3,8 +3,15 @@
 // JSON with a "pid" key (stepwise's server.pid shape).
 
 import { readFileSync } from 'node:fs';
-import type { WatchedProcess } from '../daemon/watchdog.js';
-import { parseStat, parseStatusUidAndSwap } from './proc-stat.js';
+import { isDead } from '../core/process-tree.js';
+import type { ProcessPort } from './process-port.js';
+import { procPort } from './processes.js';
+
+export interface WatchedProcess {
+  name: string;
+  /** Returns the current memory of the process named by its pid file, or why not. */
+  read(): { up: boolean; identity: string | null; rssBytes: number; swapBytes: number };
+}
 
 export function parseWatchSpec(spec: string): { name: string; pidFile: string } {
   const i = spec.indexOf('=');
@@ -22,7 +29,7 @@ export function parsePidText(text: string): number | null {
   }
 }
 
-export function watchedProcess(spec: string, procRoot = '/proc'): WatchedProcess {
+export function watchedProcess(spec: string, processes: ProcessPort = procPort()): WatchedProcess {
   const { name, pidFile } = parseWatchSpec(spec);
   return {
     name,
@@ -35,14 +42,11 @@ export function watchedProcess(spec: string, procRoot = '/proc'): WatchedProcess
         return down;
       }
       if (pid === null) return down;
-      try {
-        const stat = parseStat(readFileSync(`${procRoot}/${pid}/stat`, 'utf8'));
-        if (!stat || stat.state === 'Z' || stat.state === 'X') return down;
-        const status = parseStatusUidAndSwap(readFileSync(`${procRoot}/${pid}/status`, 'utf8'));
-        return { up: true, identity: `${pid}:${stat.starttime}`, rssBytes: status.rssBytes ?? 0, swapBytes: status.swapBytes ?? 0 };
-      } catch {
-        return down;
-      }
+      const id = processes.identity(pid);
+      if (id.kind !== 'live' || isDead(id.id)) return down;
+      const mem = processes.memory(pid);
+      if (!mem) return down;
+      return { up: true, identity: `${pid}:${id.id.startTicks}`, rssBytes: mem.rssBytes, swapBytes: mem.swapBytes };
     },
   };
 }
