@@ -31,7 +31,7 @@ import { dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { FakeAcpConfig, FakeChildConfig } from './fake-adapter-child.js';
-import { readIdentity, sameProcess, type LiveIdentity } from './processes.js';
+import { procPort, readIdentity, sameProcess, type LiveIdentity } from './processes.js';
 
 /** Keep in sync with fake-adapter-child.ts. */
 const FAKE_ADAPTER_ENV = 'STEPWISE_FAKE_ADAPTER_CONFIG';
@@ -839,9 +839,5 @@ export async function spawnZombie(opts: FakeZombieOptions = {}): Promise<FakeZom
 }
 
 function readArgv(pid: number): string[] {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-  } catch {
-    return [];
-  }
+  return procPort().argv(pid) ?? [];
 }

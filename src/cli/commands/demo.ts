@@ -13,6 +13,7 @@ import { buildDemoProject, type DemoProject } from '../../demo/scenario.js';
 import { AuditLog } from '../../effects/audit-log.js';
 import { executePlan, summarise } from '../../effects/execute.js';
 import { selfPlanContext } from '../../effects/self.js';
+import { procPort } from '../../sources/processes.js';
 import { EXIT, UserError, type CliIO } from '../io.js';
 
 /** Sleep, cut short by the stop signal; false when interrupted. */
@@ -30,14 +31,6 @@ async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
   });
 }
 
-function memAvailable(): number | null {
-  try {
-    const m = /^MemAvailable:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
-    return m ? Number(m[1]) * 1024 : null;
-  } catch {
-    return null;
-  }
-}
 
 export default async function demo(opts: Record<string, unknown>, io: CliIO): Promise<number> {
   const holdMb = Number(opts.holdMb ?? 24);
@@ -47,6 +40,8 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
   const topKilled = opts.topKilled !== false;
   // Short graces so the demo can show `unreferenced` and reap without waiting a minute.
   const policy: Policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 3, terminalGraceSeconds: 3 };
+  // One process port for the demo's reads, its plan and its kills.
+  const processes = procPort();
   const say = (line = '') => io.stdout(`${line}\n`);
   const interrupted = () => {
     say('Interrupted: stopping every demo process.');
@@ -61,13 +56,13 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
     say(`Project: ${project.root} (stand-in server pid ${project.serverPid})`);
     say();
 
-    const session = new ProjectSession({ root: project.root, policy, env: {} });
+    const session = new ProjectSession({ root: project.root, policy, env: {}, processes });
     try {
       const before = session.collect();
       say('$ stepwise-watchdog status --all');
       io.stdout(renderStatus([before], { all: true }));
 
-      const ctx = selfPlanContext(false);
+      const ctx = selfPlanContext(false, processes);
       const selection = { allLeaked: true, orphans: true, sessions: true, jobs: [], pids: [], force: false, gc: true };
       // Leaked trees are reaped only once their jobs ended a terminal grace ago (the engine's own
       // teardown may still run), orphans once older than the spawn grace: wait for both.
@@ -90,7 +85,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       say();
 
       if (io.stopSignal.aborted) return interrupted();
-      const memBefore = memAvailable();
+      const memBefore = processes.memAvailableBytes();
       say('$ stepwise-watchdog reap --all-leaked --orphans --sessions --yes   (and gc --yes)');
       const audit = new AuditLog(path.join(project.root, 'watchdog-audit.jsonl'));
       const report = await executePlan(p, { session, actor: 'cli', audit, killWaitMs: 5_000, gc: true, planContext: ctx, signal: io.stopSignal });
@@ -100,7 +95,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       if (report.auditError) say(`  ! ${report.auditError}`);
       // Give the kernel a moment to account the freed pages.
       await pause(300, io.stopSignal);
-      const memAfter = memAvailable();
+      const memAfter = processes.memAvailableBytes();
       say();
 
       const after = session.collect();

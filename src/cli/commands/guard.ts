@@ -1,5 +1,4 @@
 // `guard install|uninstall|status [--python PATH]`: the in-process release guard.
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   GuardError,
@@ -11,12 +10,13 @@ import {
   uninstallGuard,
   type PythonEnv,
 } from '../../guard/python-env.js';
-import { readCwd, readIdentity } from '../../sources/processes.js';
+import type { ProcessPort } from '../../sources/process-port.js';
+import { procPort } from '../../sources/processes.js';
 import { findProjectRoot, readServerPidFile } from '../../sources/project.js';
 import { EXIT, UserError, type CliIO } from '../io.js';
 
 /** The live server of the project found from the cwd or --project, if any: its argv and cwd. */
-export function liveServer(opts: Record<string, unknown>, io: CliIO): { pid: number; argv: string[]; cwd: string | null; root: string } | null {
+export function liveServer(opts: Record<string, unknown>, io: CliIO, processes: ProcessPort = procPort()): { pid: number; argv: string[]; cwd: string | null; root: string } | null {
   let root: string;
   try {
     const given = (opts.project as string[] | undefined)?.[0];
@@ -25,14 +25,9 @@ export function liveServer(opts: Record<string, unknown>, io: CliIO): { pid: num
     return null;
   }
   const { pidFile } = readServerPidFile(path.join(root, '.stepwise', 'server.pid'));
-  if (!pidFile || !readIdentity(pidFile.pid)) return null;
-  let argv: string[] = [];
-  try {
-    argv = readFileSync(`/proc/${pidFile.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-  } catch {
-    // gone meanwhile
-  }
-  return { pid: pidFile.pid, argv, cwd: readCwd(pidFile.pid), root };
+  if (!pidFile || processes.identity(pidFile.pid).kind !== 'live') return null;
+  const argv = (processes.argv(pidFile.pid) ?? []).filter(Boolean); // [] when gone meanwhile
+  return { pid: pidFile.pid, argv, cwd: processes.cwd(pidFile.pid), root };
 }
 
 export interface GuardStatus {
