@@ -104,7 +104,7 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
       const t0 = totals(before);
       const t1 = totals(after);
       say(`Leaked before: ${t0.leakedTrees} tree(s), ${mib(t0.leakedBytes)} MiB; after: ${t1.leakedTrees}, ${mib(t1.leakedBytes)} MiB.`);
-      say(`Reaped ${s.counts.ok} tree(s), freed ${mib(s.bytesFreed)} MiB of adapter memory; removed ${s.counts.pidFilesRemoved} stale pid file(s).`);
+      say(`Reaped ${s.counts.ok} tree(s) and stopped ${s.counts.sessionsOk} leaked session(s), freed ${mib(s.bytesFreed)} MiB of adapter memory; removed ${s.counts.pidFilesRemoved} stale pid file(s).`);
       if (memBefore !== null && memAfter !== null) say(`System MemAvailable: ${mib(memBefore)} MiB → ${mib(memAfter)} MiB (${memAfter >= memBefore ? '+' : ''}${mib(memAfter - memBefore)} MiB).`);
       say(`Audit trail: ${audit.path}${keep ? '' : ' (removed with the demo project; use --keep to look at it)'}`);
       say(`The active, paused${topKilled ? ' (one with its top dead)' : ''}, shared, spawning, unreferenced and foreign trees were left alone.`);
