@@ -34,6 +34,18 @@ import {
   type StoreSnapshot,
 } from './types.js';
 
+/**
+ * The pid a run's tree hangs from: its adapter's pid while a process or a live group carries it;
+ * only then its recorded pgid (the top died and was reaped: the group lives on under that id).
+ * Never both: one run names one tree.
+ */
+function namedRoot(run: RunRow, index: ProcessIndex): number | null {
+  const carried = (pid: number | null): pid is number => pid !== null && pid > 1 && (index.byPid.has(pid) || index.groups.has(pid));
+  if (carried(run.pid)) return run.pid;
+  if (run.pgid !== run.pid && carried(run.pgid)) return run.pgid;
+  return null;
+}
+
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   const list = map.get(key);
   if (list) list.push(value);
@@ -182,9 +194,8 @@ export function classify(input: ClassifyInput): ProjectInventory {
   for (const run of runs) {
     if (!run.agentStep || run.inVm) continue;
     if (run.sessionId !== null && runsBySession) push(runsBySession, run.sessionId.toLowerCase(), run);
-    for (const pid of new Set([run.pid, run.pgid])) {
-      if (pid !== null && pid > 1) push(runsByPid, pid, run);
-    }
+    const named = namedRoot(run, index);
+    if (named !== null) push(runsByPid, named, run);
   }
 
   // Candidate roots: every pid named by a run or a pid file, and the server's adapter-like children.

@@ -1,6 +1,7 @@
 // The pure planner: plan(inventory, policy, selection) → actions with their reasons. The same
 // plan feeds the CLI (`reap`, `gc`), the daemon and the HTTP API; effects carry it out.
 
+import { sessionIdOf } from './sessions.js';
 import type { AdapterSession, AdapterTree, AdapterVerdict, JobRef, PidFileStatus, Policy, ProjectInventory, TreeProcess } from './types.js';
 
 export interface Selection {
@@ -262,6 +263,13 @@ function planSessionKills(inv: ProjectInventory, policy: Policy, ctx: PlanContex
       }
       if (session.pid === tree.topPid || session.processes.some((p) => p.pid === tree.topPid)) {
         refuse(target, 'protected', `${target}: the session's process is the adapter's top: only the whole tree could go`, false, tree);
+        continue;
+      }
+      // A process inside it that carries another session id would go with it: only a session that
+      // holds no other session is ever stopped (an agent whose adapter itself carries an id).
+      const nested = session.processes.find((p) => p.pid !== session.pid && (sessionIdOf(p.argv) ?? session.sessionId) !== session.sessionId);
+      if (nested) {
+        refuse(target, 'protected', `${target} holds process ${nested.pid} of another session: never stopped alone`, false, tree);
         continue;
       }
       const guard = processesProblem(target, session.processes, inv, ctx);

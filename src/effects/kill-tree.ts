@@ -76,9 +76,8 @@ export interface KillTreeResult {
 
 export type RecheckResult = AdapterTree | { refused: string; code?: KillSkipCode };
 
-export interface KillTreeDeps {
-  /** Re-collect the project and return the fresh tree with the same top identity, or why not. */
-  recheck: () => RecheckResult;
+/** What every kill's stages need (trees and sessions alike). */
+export interface KillStageDeps {
   /** Where identities and group members are re-read: the same port the plan was made from. Default /proc. */
   processes?: ProcessPort;
   /** Default process.kill. Must throw an error with `code` ESRCH / EPERM like process.kill. */
@@ -93,6 +92,11 @@ export interface KillTreeDeps {
   signal?: AbortSignal;
   /** Never signalled, not even through a group: the watchdog and its ancestors. Default [own pid, parent pid]. */
   protectedPids?: number[];
+}
+
+export interface KillTreeDeps extends KillStageDeps {
+  /** Re-collect the project and return the fresh tree with the same top identity, or why not. */
+  recheck: () => RecheckResult;
 }
 
 const REAPABLE: ReadonlySet<AdapterVerdict> = new Set(['leaked', 'orphaned']);
@@ -183,7 +187,7 @@ interface Stage {
   protectedPids: ReadonlySet<number>;
 }
 
-function stageOf(deps: KillTreeDeps | KillSessionDeps): Stage {
+function stageOf(deps: KillStageDeps): Stage {
   const processes = deps.processes ?? procPort();
   return {
     identity: (pid: number) => processes.identity(pid),
@@ -453,17 +457,9 @@ export async function killTree(action: KillTreeAction, deps: KillTreeDeps): Prom
 
 export type SessionRecheckResult = { tree: AdapterTree; session: AdapterSession } | { refused: string; code?: KillSkipCode };
 
-export interface KillSessionDeps {
+export interface KillSessionDeps extends KillStageDeps {
   /** Re-collect and re-plan: the fresh session with the same CLI identity, still to be stopped, or why not. */
   recheck: () => SessionRecheckResult;
-  processes?: ProcessPort;
-  kill?: (pid: number, signal: SignalName) => void;
-  sleep?: (ms: number) => Promise<void>;
-  killWaitMs?: number;
-  pollMs?: number;
-  confirmWaitMs?: number;
-  signal?: AbortSignal;
-  protectedPids?: number[];
 }
 
 export interface KillSessionResult {

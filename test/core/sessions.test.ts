@@ -1,6 +1,8 @@
 // Sessions (one agent CLI each) and leaderless groups in the pure core: table-driven, no mocks.
 import { describe, expect, it } from 'vitest';
 import { classify } from '../../src/core/classify.js';
+import { DEFAULT_POLICY } from '../../src/core/types.js';
+import { plan } from '../../src/core/plan.js';
 import { sessionIdOf } from '../../src/core/sessions.js';
 import { NOW, SERVER, input, job, pidFile, proc, run, serverProc } from '../helpers/synthetic.js';
 
@@ -80,6 +82,27 @@ describe('sessions inside a tree', () => {
   });
 });
 
+describe('stopping sessions', () => {
+  it('a leaked session that holds another session (an adapter carrying an id itself) is never planned', () => {
+    const tree = realTree(200, SERVER, 3_000, [U2]);
+    // The adapter node itself carries U1 (a custom agent resumed by id); the running job's CLI (U2) is under it.
+    tree[2] = { ...tree[2]!, argv: [...tree[2]!.argv, '--resume', U1] };
+    const inv = classify(
+      input({
+        processes: [serverProc, ...tree],
+        runs: [run('r1', 'failed-job', 200, 3_000, 3_100, { sessionId: U1 }), run('r2', 'running-job', 200, 3_100, null, { sessionId: U2 })],
+        jobs: [job('failed-job', 'failed', 3_100), job('running-job', 'running')],
+      }),
+    );
+    const t = inv.adapters.find((x) => x.topPid === 200)!;
+    expect(t.verdict).toBe('active');
+    expect(t.sessions.map((x) => [x.sessionId, x.verdict])).toEqual([[U1, 'leaked']]);
+    const p = plan(inv, DEFAULT_POLICY, { allLeaked: true, orphans: true, sessions: true, jobs: [], pids: [], force: false, gc: false }, { selfPid: 1, selfAncestors: [], selfUid: 1000, allowOtherUids: false });
+    expect(p.actions).toEqual([]);
+    expect(p.refusals.map((r) => [r.code, r.reason])).toEqual([['protected', expect.stringMatching(/holds process 203 of another session: never stopped alone/)]]);
+  });
+});
+
 describe('leaderless groups (the top died, node + CLI live on under its pgid)', () => {
   /** The real top-killed shape: top gone (or a zombie child of the server), node reparented to 1. */
   function topKilled(zombieTop: boolean) {
@@ -118,6 +141,23 @@ describe('leaderless groups (the top died, node + CLI live on under its pgid)', 
     expect(tree.verdict).toBe('leaked');
     expect(tree.evidence.map((e) => e.kind)).toEqual(['run']);
     expect(tree.sessions[0]!.verdict).toBe('leaked');
+  });
+
+  it('a run names one tree: its pgid is followed only when its pid names nothing live', () => {
+    // pid 200 is a live adapter; the run's pgid 500 is some other live group (a bad or stale
+    // record): only the adapter is the run's, the other group is never tied to the job.
+    const other = proc(500, 1, 3_000, { argv: ['node', '/x/.bin/claude-agent-acp'] });
+    const inv = classify(
+      input({
+        processes: [serverProc, ...realTree(200, SERVER, 3_000, []), other],
+        runs: [run('r1', 'j1', 200, 3_000, 3_100, { pgid: 500 })],
+        jobs: [job('j1', 'failed', 3_100)],
+      }),
+    );
+    expect(inv.adapters.find((t) => t.topPid === 200)?.verdict).toBe('leaked');
+    const t500 = inv.adapters.find((t) => t.processes.some((p) => p.pid === 500));
+    expect(t500?.verdict).toBe('foreign');
+    expect(t500?.jobs).toEqual([]);
   });
 
   it('a live group that started after the run finished is not that run’s (a reused pid)', () => {
