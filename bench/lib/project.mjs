@@ -14,7 +14,7 @@ import {
   pyIsoformat,
   updateJob,
   updateRun,
-} from '../../dist/sources/stepwise-schema.js';
+} from '../../dist/demo/kit/stepwise-schema.js';
 import { StandInServer } from './host.mjs';
 import { openStoreCopy, writePidFile } from './stores.mjs';
 

@@ -16,7 +16,7 @@ import {
   insertJob,
   insertRun,
   pyIsoformat,
-} from '../../dist/sources/stepwise-schema.js';
+} from '../../dist/demo/kit/stepwise-schema.js';
 
 export const CACHE_DIR = fileURLToPath(new URL('../.cache/', import.meta.url));
 /** Bump when the history shape changes, so stale caches are rebuilt. */

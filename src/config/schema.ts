@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { z } from 'zod';
 import { DEFAULT_POLICY, type Policy } from '../core/types.js';
+import { DEFAULT_PROC_ROOT } from '../sources/processes.js';
 
 const seconds = (name: string) =>
   z.coerce
@@ -32,7 +33,7 @@ export const configSchema = z
     project: z.array(z.string().min(1)).default([]),
     db: z.string().min(1).nullable().default(null),
     pidsDir: z.string().min(1).nullable().default(null),
-    procRoot: z.string().min(1).default('/proc'),
+    procRoot: z.string().min(1).default(DEFAULT_PROC_ROOT),
     markers: z.array(z.string().min(1, 'a marker cannot be empty')).min(1).default(DEFAULT_POLICY.markers),
     subreapers: z.array(z.string().min(1)).default(DEFAULT_POLICY.subreapers),
     spawnGrace: seconds('spawn grace').default(DEFAULT_POLICY.spawnGraceSeconds),

@@ -9,7 +9,7 @@ import { executePlan, summarise, type Actor } from '../effects/execute.js';
 import type { ApiReapRequest } from '../http/app.js';
 import { planDocument, resultsDocument } from '../effects/report.js';
 import type { ProjectSession } from '../session/project-session.js';
-import type { ExecutionSummary, PlanExecutor, Watchdog } from './watchdog.js';
+import type { PlanExecutor, Watchdog } from './watchdog.js';
 
 export function createExecutor(opts: { auditLog: string | null; killWaitSeconds: number; logger: Logger; planContext: PlanContext; gc: boolean }): PlanExecutor & { audit: AuditLog } {
   const audit = new AuditLog(opts.auditLog ?? defaultAuditLogPath());
@@ -29,9 +29,7 @@ export function createExecutor(opts: { auditLog: string | null; killWaitSeconds:
         // No action without an audit trail: nothing (more) was done; say so every time.
         opts.logger.error({ project: p.project, auditLog: audit.path, error: report.auditError, notCarriedOut: report.notCarriedOut }, 'audit log unwritable: not reaping');
       }
-      const s = summarise(report.results);
-      const summary: ExecutionSummary = { reaped: s.reaped, pidFilesRemoved: s.pidFilesRemoved, refusals: s.refusals, raw: report, auditError: report.auditError };
-      return summary;
+      return summarise(report.results, report.auditError);
     },
   };
 }
@@ -61,9 +59,8 @@ export async function explicitReap(
     if (req.dryRun) return { status: 200, body: { dryRun: true, plan: planDocument(p) } };
     const summary = await deps.executor.execute(p, s, { actor: 'api' });
     deps.watchdog.publish(s.root, summary);
-    const report = summary.raw as Awaited<ReturnType<typeof executePlan>>;
     if (summary.auditError) return { status: 503, body: { error: `not carried out: ${summary.auditError}`, plan: planDocument(p) } };
     deps.watchdog.poke('api-reap');
-    return { status: 200, body: { dryRun: false, plan: planDocument(p), results: resultsDocument(report.results) } };
+    return { status: 200, body: { dryRun: false, plan: planDocument(p), results: resultsDocument(summary.results) } };
   });
 }

@@ -9,22 +9,14 @@ import type { Policy, ProjectInventory } from '../core/types.js';
 import type { MetricsSource, ProcessMemory, WatchdogMetrics } from '../metrics/registry.js';
 import type { ProjectSession } from '../session/project-session.js';
 import type { WatchedProcess } from '../sources/watched-process.js';
+import type { ExecutionSummary } from '../effects/results.js';
 
 /** What carries out a plan (effects). Injected: the daemon itself never signals anything. */
 export interface PlanExecutor {
   execute(p: Plan, session: ProjectSession, opts: { actor: 'daemon' | 'api'; signal?: AbortSignal }): Promise<ExecutionSummary>;
 }
 
-export interface ExecutionSummary {
-  reaped: { verdict: string; result: 'ok' | 'failed' | 'skipped'; bytes: number; topPid: number; reason: string; detail?: string; code?: string; sessionId?: string; pid?: number }[];
-  pidFilesRemoved: { path: string; result: 'removed' | 'already-gone' | 'skipped' | 'failed'; reason: string }[];
-  /** Refusals by code: explicit requests refused, kills skipped at re-verification. */
-  refusals: Record<string, number>;
-  /** Set when the audit log could not be written: nothing (more) was carried out. */
-  auditError?: string | null;
-  /** Results in the executor's own (documented) shape, for the API. */
-  raw: unknown;
-}
+export type { ExecutionSummary };
 
 export type { WatchedProcess } from '../sources/watched-process.js';
 

@@ -16,9 +16,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { spawnFakeTree, spawnOrphanTree, type FakeTree } from '../sources/fake-adapter.js';
+import { spawnFakeTree, spawnOrphanTree, type FakeTree } from './kit/fake-adapter.js';
 import { randomUUID } from 'node:crypto';
-import { agentExecutorState, createStepwiseDb, insertEvent, insertJob, insertRun, pyIsoformat } from '../sources/stepwise-schema.js';
+import { agentExecutorState, createStepwiseDb, insertEvent, insertJob, insertRun, pyIsoformat } from './kit/stepwise-schema.js';
 
 export interface DemoSession {
   sessionId: string;

@@ -8,7 +8,7 @@
 // When stdin closes (the demo ended, however it ended) it stops every tree and exits.
 
 import { createInterface } from 'node:readline';
-import { spawnFakeTree, type FakeTree } from '../sources/fake-adapter.js';
+import { spawnFakeTree, type FakeTree } from './kit/fake-adapter.js';
 
 process.title = 'stepwise-demo-server';
 const trees: FakeTree[] = [];

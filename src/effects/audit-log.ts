@@ -17,7 +17,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { ActionResult, Actor } from './execute.js';
+import type { ActionResult, Actor } from './results.js';
 import type { ProcessOutcome } from './kill-tree.js';
 
 export const AUDIT_SCHEMA_VERSION = 1;

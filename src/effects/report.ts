@@ -3,7 +3,7 @@
 // pid, path or reason is dropped (the full AdapterTree is, in favour of what identifies it).
 
 import { actionBytes, type Plan, type PlannedAction, type Refusal } from '../core/plan.js';
-import type { ActionResult } from './execute.js';
+import type { ActionResult } from './results.js';
 
 /**
  * { project, actions: [kill-tree: {kind, topPid, startTicks, verdict, reason, selectedBy, forced,

@@ -8,15 +8,48 @@
 // only when the process provably does not exist; anything else it cannot read is `unknown`.
 
 import { isDead } from '../core/process-tree.js';
-import type { ClockInfo, LiveIdentity, ProcessIdentity } from '../core/types.js';
-import type { ProcessTableResult, ReadProcessTableOptions } from './processes.js';
+import type { ClockInfo, LiveIdentity, ProcessIdentity, ProcessInfo, ProcessTable, SourceHealth } from '../core/types.js';
+import type { ArgvCache } from './argv-cache.js';
 
 export type { LiveIdentity };
 
 /** One pid, read now: live (zombies included: see `state`), provably gone, or unknown. */
 export type IdentityRead = { kind: 'live'; id: LiveIdentity } | { kind: 'gone' } | { kind: 'unknown'; error: string };
 
-export type TableOptions = Omit<ReadProcessTableOptions, 'procRoot'>;
+export interface TableOptions {
+  /** Bytes per page, for the rss field of stat. Default: detectPageSize() (read once). */
+  pageSize?: number;
+  ticksPerSecond?: number;
+  /**
+   * Which processes need /proc/<pid>/status (uid, VmSwap, VmRSS). Called once per process
+   * after the stat + cmdline pass, with argv filled. Default: none.
+   */
+  detailFor?: (p: ProcessInfo) => boolean;
+  /**
+   * Also read status for every descendant (by ppid) of a selected process and, when the
+   * selected process leads its group, for its group members. Default true.
+   */
+  detailDescendants?: boolean;
+  /** Wall clock in epoch milliseconds (Date.now). */
+  now?: () => number;
+  /**
+   * Reuse argv across reads (a daemon keeps one for its lifetime). Reading cmdline is ~40%
+   * of a pass; most processes are the same from one cycle to the next.
+   */
+  argvCache?: ArgvCache;
+}
+
+export interface ProcessTableResult {
+  table: ProcessTable;
+  health: SourceHealth;
+  /**
+   * Pids listed in /proc whose files could not be read or parsed (not counting processes
+   * that vanished mid-read). Absent from the table or with partial data (argv [] / uid null):
+   * treat them as "unknown", never as "dead".
+   */
+  unreadablePids: number[];
+}
+
 
 export interface ProcessPort {
   /** Which implementation: shown by `doctor` and in errors. */

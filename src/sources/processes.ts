@@ -17,7 +17,8 @@
 import { readFileSync, readdirSync, readlinkSync, openSync, readSync, closeSync } from 'node:fs';
 import { isDead, sameIdentity } from '../core/process-tree.js';
 import type { ClockInfo, LiveIdentity, ProcessInfo, ProcessTable, SourceHealth } from '../core/types.js';
-import type { IdentityRead, ProcessPort, TableOptions } from './process-port.js';
+import { ArgvCache } from './argv-cache.js';
+import type { IdentityRead, ProcessPort, ProcessTableResult, TableOptions } from './process-port.js';
 import { isKernelThread, parseBtime, parseCmdline, parseStat, parseStatusUidAndSwap, parseUptime } from './proc-stat.js';
 
 export const DEFAULT_PROC_ROOT = '/proc';
@@ -28,82 +29,11 @@ export const UPTIME_BOOT_ERROR_SECONDS = 0.02;
 /** Uncertainty of the integer `btime` of /proc/stat. */
 export const BTIME_BOOT_ERROR_SECONDS = 1;
 
-export interface ReadProcessTableOptions {
-  procRoot?: string;
-  /** Bytes per page, for the rss field of stat. Default: detectPageSize() (read once). */
-  pageSize?: number;
-  ticksPerSecond?: number;
-  /**
-   * Which processes need /proc/<pid>/status (uid, VmSwap, VmRSS). Called once per process
-   * after the stat + cmdline pass, with argv filled. Default: none.
-   */
-  detailFor?: (p: ProcessInfo) => boolean;
-  /**
-   * Also read status for every descendant (by ppid) of a selected process and, when the
-   * selected process leads its group, for its group members. Default true.
-   */
-  detailDescendants?: boolean;
-  /** Wall clock in epoch milliseconds (Date.now). */
-  now?: () => number;
-  /**
-   * Reuse argv across reads (a daemon keeps one for its lifetime). Reading cmdline is ~40%
-   * of a pass; most processes are the same from one cycle to the next.
-   */
-  argvCache?: ArgvCache;
-}
+/** The port's table options, plus the /proc root (procPort fixes it). */
+export type ReadProcessTableOptions = TableOptions & { procRoot?: string };
 
-/**
- * argv by process, reused while (pid, start ticks, comm) is unchanged. exec keeps the pid and
- * the start time but sets a new comm (the new program's name), and so does a title change
- * (node's process.title, setproctitle): those are read again. An exec into a program with
- * the same 15-byte name and a new argv would be missed, so this is opt-in. Empty argvs
- * (exiting processes) are never cached; entries of processes not seen in a pass are dropped.
- */
-export class ArgvCache {
-  private entries = new Map<number, { startTicks: number; comm: string; argv: string[]; pass: number }>();
-  private pass = 0;
-  hits = 0;
-  misses = 0;
-
-  get size(): number {
-    return this.entries.size;
-  }
-
-  /** @internal */ beginPass(): void {
-    this.pass++;
-  }
-
-  /** @internal */ get(pid: number, startTicks: number, comm: string): string[] | undefined {
-    const e = this.entries.get(pid);
-    if (e && e.startTicks === startTicks && e.comm === comm) {
-      e.pass = this.pass;
-      this.hits++;
-      return e.argv;
-    }
-    this.misses++;
-    return undefined;
-  }
-
-  /** @internal */ set(pid: number, startTicks: number, comm: string, argv: string[]): void {
-    if (argv.length === 0) this.entries.delete(pid);
-    else this.entries.set(pid, { startTicks, comm, argv, pass: this.pass });
-  }
-
-  /** @internal */ endPass(): void {
-    for (const [pid, e] of this.entries) if (e.pass !== this.pass) this.entries.delete(pid);
-  }
-}
-
-export interface ProcessTableResult {
-  table: ProcessTable;
-  health: SourceHealth;
-  /**
-   * Pids listed in /proc whose files could not be read or parsed (not counting processes
-   * that vanished mid-read). Absent from the table or with partial data (argv [] / uid null):
-   * treat them as "unknown", never as "dead".
-   */
-  unreadablePids: number[];
-}
+export { ArgvCache };
+export type { ProcessTableResult };
 
 export type { LiveIdentity };
 

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/schema.js';
 import { createDaemon, type Daemon } from '../../src/daemon/daemon.js';
 import { readIdentity } from '../../src/sources/processes.js';
-import { pyIsoformat, updateRun } from '../../src/sources/stepwise-schema.js';
+import { pyIsoformat, updateRun } from '../../src/demo/kit/stepwise-schema.js';
 import { createTempProject, goneOrZombie, waitUntil, type TempProject } from '../helpers/temp-project.js';
 
 let project: TempProject | null = null;

@@ -333,7 +333,7 @@ function build(): void {
   } catch {
     // Type errors in files others are still editing do not stop the emit: check what we need.
   }
-  for (const f of ['cli/bin.js', 'cli/commands/run.js', 'demo/scenario.js', 'demo/stand-in-server.js', 'sources/fake-adapter-child.js']) {
+  for (const f of ['cli/bin.js', 'cli/commands/run.js', 'demo/scenario.js', 'demo/stand-in-server.js', 'demo/kit/fake-adapter-child.js']) {
     if (!fs.existsSync(path.join(outDir, f))) throw new Error(`the build did not emit dist/${f}`);
   }
 }

@@ -14,7 +14,7 @@ import { AuditLog } from '../../src/effects/audit-log.js';
 import { executePlan } from '../../src/effects/execute.js';
 import { selfPlanContext } from '../../src/effects/self.js';
 import { readIdentity } from '../../src/sources/processes.js';
-import { agentExecutorState, insertEvent, insertJob, insertRun, pyIsoformat, updateJob } from '../../src/sources/stepwise-schema.js';
+import { agentExecutorState, insertEvent, insertJob, insertRun, pyIsoformat, updateJob } from '../../src/demo/kit/stepwise-schema.js';
 import { createTempProject, type TempProject } from '../helpers/temp-project.js';
 
 const SESSION_LEAKED = '3fe2b27d-6c8b-42c5-a67c-643e1c4495b0';

@@ -25,7 +25,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type Database from 'better-sqlite3';
-import { spawnFakeTree, type FakeSession, type FakeTree, type FakeTreeOptions } from '../../src/sources/fake-adapter.js';
+import { spawnFakeTree, type FakeSession, type FakeTree, type FakeTreeOptions } from '../../src/demo/kit/fake-adapter.js';
 import { readIdentity } from '../../src/sources/processes.js';
 import {
   agentExecutorState,
@@ -36,7 +36,7 @@ import {
   pyIsoformat,
   updateJob,
   type CreateStepwiseDbOptions,
-} from '../../src/sources/stepwise-schema.js';
+} from '../../src/demo/kit/stepwise-schema.js';
 
 export interface TempProjectOptions extends CreateStepwiseDbOptions {
   /** Start a stand-in server (node process, cwd = project root) and write server.pid. Default true. */

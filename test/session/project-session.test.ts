@@ -7,9 +7,9 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_POLICY } from '../../src/core/types.js';
 import { ProjectSession } from '../../src/session/project-session.js';
-import { spawnFakeTree, spawnOrphanTree, spawnZombie, type FakeTree } from '../../src/sources/fake-adapter.js';
+import { spawnFakeTree, spawnOrphanTree, spawnZombie, type FakeTree } from '../../src/demo/kit/fake-adapter.js';
 import { readIdentity } from '../../src/sources/processes.js';
-import { agentExecutorState, insertJob, insertRun, pyIsoformat } from '../../src/sources/stepwise-schema.js';
+import { agentExecutorState, insertJob, insertRun, pyIsoformat } from '../../src/demo/kit/stepwise-schema.js';
 import { createTempProject, waitUntil, type TempProject } from '../helpers/temp-project.js';
 
 let project: TempProject | null = null;

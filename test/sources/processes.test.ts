@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEpoch } from '../../src/core/time.js';
 import type { ProcessInfo } from '../../src/core/types.js';
-import { fakeAdapterChildScript, spawnFakeTree, spawnOrphanTree, spawnZombie, type FakeTree, type FakeZombie } from '../../src/sources/fake-adapter.js';
+import { fakeAdapterChildScript, spawnFakeTree, spawnOrphanTree, spawnZombie, type FakeTree, type FakeZombie } from '../../src/demo/kit/fake-adapter.js';
 import {
   ArgvCache,
   BTIME_BOOT_ERROR_SECONDS,

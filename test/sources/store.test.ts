@@ -21,7 +21,7 @@ import {
   pyJsonDumps,
   updateJob,
   updateRun,
-} from '../../src/sources/stepwise-schema.js';
+} from '../../src/demo/kit/stepwise-schema.js';
 
 // The fixture lives in the repository (test/fixtures), never outside it.
 const FIXTURE_DIR = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../fixtures/stepwise-0.46.1-leak');

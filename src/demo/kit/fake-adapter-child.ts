@@ -24,7 +24,6 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { createInterface } from 'node:readline';
 
@@ -70,6 +69,8 @@ export interface FakeChildConfig {
   script?: string;
   /** role 'cli': its session. */
   sessionId?: string;
+  /** role 'adapter': the pid of the acp top (npm exec), its grandparent. */
+  topPid?: number;
 }
 
 // Hold references so the touched memory stays resident.
@@ -134,7 +135,7 @@ function runNpm(cfg: FakeChildConfig): void {
     argv0: 'sh',
     stdio: 'inherit',
     detached: cfg.setsidLevels.includes(1),
-    env: childEnv(cfg, { role: 'adapter', level: 2 }, { PATH: `${acp.binDir}:${acp.nodeDir}:${process.env.PATH ?? '/usr/bin:/bin'}` }),
+    env: childEnv(cfg, { role: 'adapter', level: 2, topPid: process.pid }, { PATH: `${acp.binDir}:${acp.nodeDir}:${process.env.PATH ?? '/usr/bin:/bin'}` }),
   });
   sh.on('error', (err) => {
     report({ error: `npm level (pid ${process.pid}): sh failed: ${err.message}` });
@@ -158,16 +159,6 @@ function runNpm(cfg: FakeChildConfig): void {
 
 // ── acp level 3: the adapter ────────────────────────────────────────────────────────────────
 
-function ppidOf(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(rest[1]);
-  } catch {
-    return 0;
-  }
-}
-
 interface Session {
   id: string;
   child: ChildProcess;
@@ -183,7 +174,8 @@ function runAdapter(cfg: FakeChildConfig): void {
   hold(cfg.holdMb);
   const sessions = new Map<string, Session>();
   const shPid = process.ppid;
-  report({ fake: 'ready', pids: [ppidOf(shPid), shPid, process.pid] });
+  // The top (npm exec) passes its pid down: sh is its child, the adapter sh's.
+  report({ fake: 'ready', pids: [cfg.topPid ?? 0, shPid, process.pid] });
 
   const respond = (id: unknown, result: unknown): void => report({ jsonrpc: '2.0', id, result });
   const fail = (id: unknown, code: number, message: string): void => report({ jsonrpc: '2.0', id, error: { code, message } });
@@ -194,7 +186,6 @@ function runAdapter(cfg: FakeChildConfig): void {
       return;
     }
     const args = [
-      acp.cliPath,
       '--output-format', 'stream-json',
       '--verbose',
       '--input-format', 'stream-json',
@@ -205,8 +196,8 @@ function runAdapter(cfg: FakeChildConfig): void {
     ];
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, args, {
-        argv0: 'node',
+      // Exec of the stub itself (see acpFiles in fake-adapter.ts): comm "claude".
+      child = spawn(acp.cliPath, args, {
         cwd,
         stdio: ['pipe', 'pipe', 'inherit'],
         detached: cfg.setsidLevels.includes(3),
@@ -300,11 +291,6 @@ function runAdapter(cfg: FakeChildConfig): void {
 // ── acp level 4: one claude CLI per session ─────────────────────────────────────────────────
 
 function runCli(cfg: FakeChildConfig): void {
-  try {
-    writeFileSync('/proc/self/comm', 'claude'); // the native CLI's comm; argv stays as spawned
-  } catch {
-    // not Linux: comm stays 'node'
-  }
   if (ignoresSigterm(cfg)) process.on('SIGTERM', () => undefined);
   hold(cfg.holdMb);
   report({ type: 'system', subtype: 'init', session_id: cfg.sessionId, cwd: process.cwd() });

@@ -31,7 +31,7 @@ import { dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { FakeAcpConfig, FakeChildConfig } from './fake-adapter-child.js';
-import { procPort, readIdentity, sameProcess, type LiveIdentity } from './processes.js';
+import { procPort, readIdentity, sameProcess, type LiveIdentity } from '../../sources/processes.js';
 
 /** Keep in sync with fake-adapter-child.ts. */
 const FAKE_ADAPTER_ENV = 'STEPWISE_FAKE_ADAPTER_CONFIG';
@@ -157,7 +157,7 @@ export interface FakeZombie {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The child script: dist/sources/fake-adapter-child.js after a build; under vitest (running
+// The child script: dist/demo/kit/fake-adapter-child.js after a build; under vitest (running
 // src/*.ts) it is transpiled once with typescript into a temp dir (Node 20 cannot run .ts).
 
 let scriptPromise: Promise<string> | null = null;
@@ -265,11 +265,11 @@ interface AcpFiles {
   cliPath: string;
 }
 
-const STUB_VERSION = 1;
+const STUB_VERSION = 2;
 const acpFilesCache = new Map<string, AcpFiles>();
 
 function acpFiles(script: string, pkg: string, bin: string): AcpFiles {
-  const key = `${STUB_VERSION}\0${script}\0${pkg}\0${bin}`;
+  const key = `${STUB_VERSION}\0${script}\0${pkg}\0${bin}\0${process.execPath}`;
   const cached = acpFilesCache.get(key);
   // Checked every time (one stat): a temp cleaner may have removed them since.
   if (cached && existsSync(cached.cliPath)) return cached;
@@ -297,7 +297,11 @@ function acpFiles(script: string, pkg: string, bin: string): AcpFiles {
     writeFileSync(join(t.pkgDir, 'dist', 'index.js'), stub, { mode: 0o755 });
     symlinkSync(`../${pkg}/dist/index.js`, join(t.binDir, bin));
     writeFileSync(join(t.cliDir, 'package.json'), JSON.stringify({ name: '@anthropic-ai/claude-agent-sdk-linux-x64', version: '0.2.0', type: 'commonjs' }));
-    writeFileSync(join(t.cliDir, 'claude'), stub, { mode: 0o755 });
+    // The CLI stub names this node directly: exec of a `#!` script sets comm to the script's
+    // name ("claude", as the native CLI has) while argv reads `<node> <…>/claude …` (one exec,
+    // where `#!/usr/bin/env node` would exec again and leave comm "node").
+    const direct = /^[^\s]+$/.test(process.execPath) && process.execPath.length < 120;
+    writeFileSync(join(t.cliDir, 'claude'), direct ? stub.replace('#!/usr/bin/env node', `#!${process.execPath}`) : stub, { mode: 0o755 });
     writeFileSync(join(t.setsidBinDir, bin), `#!/bin/sh\nexec setsid node ${JSON.stringify(join(final.pkgDir, 'dist', 'index.js'))} "$@"\n`, { mode: 0o755 });
     chmodSync(join(t.setsidBinDir, bin), 0o755);
     writeFileSync(join(tmp, '.complete'), '');

@@ -1,10 +1,10 @@
 // The fake adapter tree has the shape of the real claude-agent-acp 0.101.0 under npx (see the
-// header of src/sources/fake-adapter.ts), checked on real processes through /proc.
+// header of src/demo/kit/fake-adapter.ts), checked on real processes through /proc.
 import { mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { spawnFakeTree, spawnOrphanTree, type FakeTree } from '../../src/sources/fake-adapter.js';
+import { spawnFakeTree, spawnOrphanTree, type FakeTree } from '../../src/demo/kit/fake-adapter.js';
 import { readIdentity, readProcessTable } from '../../src/sources/processes.js';
 import { createTempProject, type TempProject } from '../helpers/temp-project.js';
 
