@@ -12,6 +12,7 @@ import { collectTree, indexProcesses, isDead, matchesMarker, toTreeProcess, type
 import { judgePidFileFacts } from './pid-file-rule.js';
 import { findSessions } from './sessions.js';
 import { ago, comparisonSlack, parseIsoEpoch, startEpoch } from './time.js';
+import { OPEN_RUN_STATUSES } from './vocabulary.js';
 import {
   TERMINAL_JOB_STATUSES,
   type AdapterSession,
@@ -68,7 +69,6 @@ export interface ClassifyInput {
   now: number;
 }
 
-const OPEN_RUN_STATUSES = new Set(['running', 'suspended', 'delegated']);
 const NOT_TERMINAL_NOT_PAUSED = (j: JobRef) => !j.terminal && j.status !== 'paused';
 
 export function isTerminalJobStatus(status: string): boolean {

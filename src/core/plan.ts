@@ -3,6 +3,7 @@
 
 import { sessionIdOf } from './sessions.js';
 import type { AdapterSession, AdapterTree, AdapterVerdict, JobRef, PidFileStatus, Policy, ProjectInventory, TreeProcess } from './types.js';
+import { REAPABLE_VERDICTS, REFUSAL_CODES, SESSION_HOST_VERDICTS, SESSION_KILL_VERDICT, type RefusalCode } from './vocabulary.js';
 
 export interface Selection {
   /** Every leaked tree past the terminal grace. */
@@ -34,17 +35,7 @@ export interface PlanContext {
 }
 
 /** Short, bounded codes (metric label values). */
-export const REFUSAL_CODES = [
-  'source_down',
-  'not_found',
-  'not_reapable',
-  'job_not_terminal',
-  'protected',
-  'other_uid',
-  'adoption_race',
-  'grace',
-] as const;
-export type RefusalCode = (typeof REFUSAL_CODES)[number];
+export { REFUSAL_CODES, SESSION_KILL_VERDICT, type RefusalCode };
 
 export interface KillTreeAction {
   kind: 'kill-tree';
@@ -58,10 +49,8 @@ export interface KillTreeAction {
 }
 
 /** The verdict label a session kill is counted and audited under (reaped_total{verdict}). */
-export const SESSION_KILL_VERDICT = 'leaked-session';
 
 /** Which adapter verdicts a leaked session may be stopped inside (the tree itself stays). */
-const SESSION_HOSTS: ReadonlySet<AdapterVerdict> = new Set(['active', 'paused']);
 
 export interface KillSessionAction {
   kind: 'kill-session';
@@ -108,7 +97,6 @@ export interface Plan {
   refusals: Refusal[];
 }
 
-const REAPABLE: ReadonlySet<AdapterVerdict> = new Set(['leaked', 'orphaned']);
 
 export function plan(inv: ProjectInventory, policy: Policy, selection: Selection, ctx: PlanContext): Plan {
   const out: Plan = { project: inv.root, actions: [], refusals: [] };
@@ -190,11 +178,11 @@ function planKills(inv: ProjectInventory, policy: Policy, selection: Selection, 
       continue;
     }
     for (const tree of trees) {
-      if (!REAPABLE.has(tree.verdict) && !selection.force) {
+      if (!REAPABLE_VERDICTS.has(tree.verdict) && !selection.force) {
         refuse(`tree ${tree.topPid}`, 'not_reapable', `tree ${tree.topPid} is ${tree.verdict}: ${tree.reason} (use --force to override)`, true, tree);
         continue;
       }
-      consider(tree, 'job', true, selection.force && (!job.terminal || !REAPABLE.has(tree.verdict)), `requested for job ${jobId}: ${tree.reason}`);
+      consider(tree, 'job', true, selection.force && (!job.terminal || !REAPABLE_VERDICTS.has(tree.verdict)), `requested for job ${jobId}: ${tree.reason}`);
     }
   }
   for (const pid of selection.pids) {
@@ -204,11 +192,11 @@ function planKills(inv: ProjectInventory, policy: Policy, selection: Selection, 
       refuse(`pid ${pid}`, 'not_found', inside ? `pid ${pid} is inside tree ${inside.topPid}; select the tree by its top pid` : `no adapter tree has top pid ${pid}`, true);
       continue;
     }
-    if (!REAPABLE.has(tree.verdict) && !selection.force) {
+    if (!REAPABLE_VERDICTS.has(tree.verdict) && !selection.force) {
       refuse(`pid ${pid}`, 'not_reapable', `tree ${pid} is ${tree.verdict}: ${tree.reason} (use --force to override)`, true, tree);
       continue;
     }
-    consider(tree, 'pid', true, selection.force && !REAPABLE.has(tree.verdict), `requested by pid: ${tree.reason}`);
+    consider(tree, 'pid', true, selection.force && !REAPABLE_VERDICTS.has(tree.verdict), `requested by pid: ${tree.reason}`);
   }
   out.actions.push(...chosen.values());
 }
@@ -247,7 +235,7 @@ function processesProblem(what: string, processes: readonly TreeProcess[], inv: 
 function planSessionKills(inv: ProjectInventory, policy: Policy, ctx: PlanContext, out: Plan, refuse: RefuseFn): void {
   const killedTrees = new Set(out.actions.flatMap((a) => (a.kind === 'kill-tree' ? [a.tree.topPid] : [])));
   for (const tree of inv.adapters) {
-    if (!SESSION_HOSTS.has(tree.verdict) || killedTrees.has(tree.topPid)) continue;
+    if (!SESSION_HOST_VERDICTS.has(tree.verdict) || killedTrees.has(tree.topPid)) continue;
     for (const session of tree.sessions) {
       if (session.verdict !== 'leaked') continue;
       const target = `session ${session.sessionId} (pid ${session.pid}) in tree ${tree.topPid}`;
@@ -307,7 +295,7 @@ export function nextGraceExpiry(inv: ProjectInventory, policy: Policy, selection
   for (const t of inv.adapters) {
     if (selection.allLeaked && t.verdict === 'leaked' && t.lastTerminalEpoch !== null) note(t.lastTerminalEpoch + policy.terminalGraceSeconds - inv.now);
     if (selection.orphans && t.verdict === 'orphaned') note(policy.spawnGraceSeconds - t.ageSeconds);
-    if (selection.sessions && SESSION_HOSTS.has(t.verdict)) {
+    if (selection.sessions && SESSION_HOST_VERDICTS.has(t.verdict)) {
       for (const s of t.sessions) if (s.verdict === 'leaked' && s.lastTerminalEpoch !== null) note(s.lastTerminalEpoch + policy.terminalGraceSeconds - inv.now);
     }
     // A spawning tree turns unreferenced (a metric change, not a reap) when the spawn grace ends.

@@ -1,6 +1,7 @@
 // Pure projections of inventories: the `status --json` document (also served at
 // /api/inventory) and the human table.
 
+import { tableRank } from './vocabulary.js';
 import { ADAPTER_VERDICTS, SESSION_VERDICTS, type AdapterSession, type AdapterTree, type ProjectInventory } from './types.js';
 
 export interface StatusOptions {
@@ -139,8 +140,6 @@ function sessionsCell(a: AdapterTree): string {
   return leaked > 0 ? `${a.sessions.length} (${leaked} leaked)` : String(a.sessions.length);
 }
 
-const TABLE_ORDER = ['leaked', 'orphaned', 'unreferenced', 'spawning', 'active', 'paused', 'in-vm', 'foreign'];
-
 export function renderStatus(inventories: ProjectInventory[], opts: StatusOptions): string {
   const out: string[] = [];
   for (const inv of inventories) {
@@ -154,7 +153,7 @@ export function renderStatus(inventories: ProjectInventory[], opts: StatusOption
     // What needs attention first: leaked, orphaned, then the rest; oldest first within a verdict.
     const adapters = inv.adapters
       .filter((a) => opts.all || a.verdict !== 'foreign')
-      .sort((a, b) => TABLE_ORDER.indexOf(a.verdict) - TABLE_ORDER.indexOf(b.verdict) || b.ageSeconds - a.ageSeconds);
+      .sort((a, b) => tableRank(a.verdict) - tableRank(b.verdict) || b.ageSeconds - a.ageSeconds);
     if (adapters.length === 0) out.push('  no adapter trees');
     else {
       const rows = [['VERDICT', 'TOP PID', 'JOBS', 'SESSIONS', 'RSS MiB', 'SWAP MiB', 'AGE', 'PID FILE', 'REASON']];

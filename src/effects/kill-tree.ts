@@ -15,7 +15,8 @@
 //     server spawned stays a zombie child of the server until the server reaps it).
 //  4. Report per process. ESRCH = gone (success); EPERM = failure, reported once, never retried.
 
-import { SESSION_KILL_VERDICT, type KillSessionAction, type KillTreeAction, type RefusalCode } from '../core/plan.js';
+import type { KillSessionAction, KillTreeAction } from '../core/plan.js';
+import { NEVER_TOUCH_VERDICTS, REAPABLE_VERDICTS, SESSION_KILL_VERDICT, type KillFailureCode, type KillSkipCode } from '../core/vocabulary.js';
 import { isDead, sameIdentity } from '../core/process-tree.js';
 import type { AdapterSession, AdapterTree, AdapterVerdict, LiveIdentity, SessionVerdict, TreeProcess } from '../core/types.js';
 import type { IdentityRead, ProcessPort } from '../sources/process-port.js';
@@ -44,7 +45,7 @@ export interface ProcessOutcome {
 }
 
 /** Why a kill was not carried out (bounded: metric label values). */
-export type KillSkipCode = 'identity_changed' | 'verdict_changed' | 'ownership_changed' | 'aborted' | RefusalCode;
+export type { KillSkipCode };
 
 export interface KillTreeResult {
   kind: 'kill-tree';
@@ -61,7 +62,7 @@ export interface KillTreeResult {
   /** 'ok': every process is gone; 'failed': some still alive or EPERM; 'skipped': re-verification refused. */
   outcome: 'ok' | 'failed' | 'skipped';
   /** Set when skipped (why) or failed ('eperm' | 'still_alive' | 'aborted'). */
-  code?: KillSkipCode | 'eperm' | 'still_alive';
+  code?: KillSkipCode | KillFailureCode;
   /** One line for humans. */
   detail: string;
   /** The tree as planned (pids, start ticks, argv, jobs) — what the audit trail records. */
@@ -99,8 +100,6 @@ export interface KillTreeDeps extends KillStageDeps {
   recheck: () => RecheckResult;
 }
 
-const REAPABLE: ReadonlySet<AdapterVerdict> = new Set(['leaked', 'orphaned']);
-const NEVER: ReadonlySet<AdapterVerdict> = new Set(['foreign', 'in-vm']);
 const same = sameIdentity;
 
 /**
@@ -136,14 +135,14 @@ function sameJobSet(a: AdapterTree, b: AdapterTree): boolean {
 /** Why the fresh tree's verdict no longer allows this action, or null. */
 function verdictProblem(action: KillTreeAction, fresh: AdapterTree): string | null {
   const planned = action.verdict;
-  if (NEVER.has(fresh.verdict)) return `tree ${fresh.topPid} is now ${fresh.verdict}: ${fresh.reason}`;
+  if (NEVER_TOUCH_VERDICTS.has(fresh.verdict)) return `tree ${fresh.topPid} is now ${fresh.verdict}: ${fresh.reason}`;
   if (action.forced) {
     // A forced action may target a non-reapable verdict, but only the one that was planned.
-    if (fresh.verdict !== planned && !REAPABLE.has(fresh.verdict)) {
+    if (fresh.verdict !== planned && !REAPABLE_VERDICTS.has(fresh.verdict)) {
       return `tree ${fresh.topPid} was ${planned} when planned, now ${fresh.verdict}: ${fresh.reason}`;
     }
   } else {
-    if (!REAPABLE.has(fresh.verdict)) return `tree ${fresh.topPid} was ${planned} when planned, now ${fresh.verdict}: ${fresh.reason}`;
+    if (!REAPABLE_VERDICTS.has(fresh.verdict)) return `tree ${fresh.topPid} was ${planned} when planned, now ${fresh.verdict}: ${fresh.reason}`;
     // A policy selection holds only for the verdict it selects.
     if (action.selectedBy === 'all-leaked' && fresh.verdict !== 'leaked') return `tree ${fresh.topPid} is now ${fresh.verdict}, not leaked: ${fresh.reason}`;
     if (action.selectedBy === 'orphans' && fresh.verdict !== 'orphaned') return `tree ${fresh.topPid} is now ${fresh.verdict}, not orphaned: ${fresh.reason}`;
@@ -476,7 +475,7 @@ export interface KillSessionResult {
   reason: string;
   selectedBy: 'sessions';
   outcome: 'ok' | 'failed' | 'skipped';
-  code?: KillSkipCode | 'eperm' | 'still_alive';
+  code?: KillSkipCode | KillFailureCode;
   detail: string;
   session: AdapterSession;
   tree: AdapterTree;

@@ -4,13 +4,13 @@
 // process (one per --watch-process) — never a pid or a job id.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { REFUSAL_CODES, SESSION_KILL_VERDICT } from '../core/plan.js';
+import { REAP_COUNTER_VERDICTS, REFUSAL_COUNTED, SESSION_KILL_VERDICT } from '../core/vocabulary.js';
 import { sessionCounts } from '../core/report.js';
 import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, SESSION_VERDICTS, type ProjectInventory } from '../core/types.js';
 
 export const PREFIX = 'stepwise_watchdog_';
 /** Refusal reasons counted (waiting out a grace is not a refusal), plus re-verification skips. */
-export const REFUSAL_COUNTED = [...REFUSAL_CODES.filter((c) => c !== 'grace'), 'identity_changed', 'verdict_changed', 'ownership_changed'];
+export { REFUSAL_COUNTED };
 export const SOURCES = ['store', 'processes', 'pidfiles', 'server'] as const;
 
 export interface ProcessMemory {
@@ -217,7 +217,7 @@ export class WatchdogMetrics {
 
     // Counters start at 0 for every configured project, so rate() and alerts see a series.
     for (const project of opts.projects ?? []) {
-      for (const v of ['leaked', 'orphaned', SESSION_KILL_VERDICT]) for (const result of ['ok', 'failed'] as const) this.reaped.inc({ project, verdict: v, result }, 0);
+      for (const v of REAP_COUNTER_VERDICTS) for (const result of ['ok', 'failed'] as const) this.reaped.inc({ project, verdict: v, result }, 0);
       this.reapedBytes.inc({ project }, 0);
       this.pidfilesRemoved.inc({ project }, 0);
       for (const reason of REFUSAL_COUNTED) this.refusals.inc({ project, reason }, 0);

@@ -18,6 +18,7 @@ import fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import type { JobRow, RunRow, SourceHealth, StoreSnapshot } from '../core/types.js';
+import { OPEN_RUN_STATUSES, OPEN_RUN_STATUSES_SQL } from '../core/vocabulary.js';
 
 // better-sqlite3 only understands `file:` URIs when SQLITE_USE_URI=1 is in the environment when
 // its addon initialises (first `new Database`). We need `?immutable=1` (see openMode below).
@@ -27,8 +28,8 @@ process.env.SQLITE_USE_URI ??= '1';
 
 type Db = Database.Database;
 
-export const OPEN_RUN_STATUSES: ReadonlySet<string> = new Set(['running', 'suspended', 'delegated']);
-const OPEN_SQL = "('running', 'suspended', 'delegated')";
+export { OPEN_RUN_STATUSES };
+const OPEN_SQL = OPEN_RUN_STATUSES_SQL;
 
 const REQUIRED_COLUMNS = {
   step_runs: ['id', 'job_id', 'status', 'executor_state', 'started_at', 'completed_at'],
