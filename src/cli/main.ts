@@ -2,7 +2,7 @@
 // returns an exit code. Errors meant for the user are one line, never a stack trace.
 
 import { Command, CommanderError, Option } from 'commander';
-import { ConfigError } from '../config/schema.js';
+import { ConfigError, optionText } from '../config/schema.js';
 import { ProjectError } from '../sources/project.js';
 import { EXIT, UserError, type CliIO } from './io.js';
 import { VERSION } from './version.js';
@@ -32,13 +32,13 @@ function givenOptions(cmd: Command): Record<string, unknown> {
 /** Options every project-reading command shares. */
 function projectOptions(cmd: Command): Command {
   return cmd
-    .option('--project <dir>', 'stepwise project folder (repeatable; default: walk up from the cwd)', collect)
-    .option('--db <path>', 'job store (default <project>/.stepwise/stepwise.db, or $STEPWISE_DB)')
-    .option('--pids-dir <dir>', 'pid files folder (default <server cwd>/.stepwise/pids)')
+    .option(...optionText('project'), collect)
+    .option(...optionText('db'))
+    .option(...optionText('pidsDir'))
     .option('--config <file>', 'JSON config file (same keys as the flags, camelCase)')
-    .option('--marker <text>', 'adapter marker pattern (repeatable; replaces the defaults)', collect)
-    .option('--spawn-grace <seconds>', 'age before an unreferenced server child is called unreferenced (default 60)')
-    .option('--terminal-grace <seconds>', 'time a leaked tree must have been leaked before it is reaped (default 30)')
+    .option(...optionText('markers'), collect)
+    .option(...optionText('spawnGrace'))
+    .option(...optionText('terminalGrace'))
     .addOption(new Option('--proc-root <dir>', 'the /proc to read (for tests)').hideHelp());
 }
 
@@ -83,33 +83,33 @@ export function buildProgram(io: CliIO, setCode: (code: number) => void): Comman
     .option('--force', 'override the "job not terminal" and "not reapable" refusals (never for foreign trees, the server, pid 1, itself)')
     .option('--yes', 'carry out the plan (without it nothing changes)')
     .option('--json', 'print the plan and the outcome as JSON')
-    .option('--kill-wait <seconds>', 'wait between SIGTERM and SIGKILL (default 5)')
-    .option('--audit-log <file>', 'JSONL audit trail (default ~/.local/state/stepwise-watchdog/audit.jsonl)')
-    .option('--allow-other-uids', 'allow signalling processes of another uid (off by default)')
+    .option(...optionText('killWait'))
+    .option(...optionText('auditLog'))
+    .option(...optionText('allowOtherUids'))
     .action(lazy(() => import('./commands/reap.js')));
 
   projectOptions(program.command('gc'))
     .description('plan (and with --yes, carry out) the removal of stale pid files')
     .option('--yes', 'remove them (without it nothing changes)')
     .option('--json', 'print the plan and the outcome as JSON')
-    .option('--audit-log <file>', 'JSONL audit trail (default ~/.local/state/stepwise-watchdog/audit.jsonl)')
+    .option(...optionText('auditLog'))
     .action(lazy(() => import('./commands/gc.js')));
 
   projectOptions(program.command('run'))
     .description('the sidecar: continuous reaping, Prometheus metrics and an HTTP API')
-    .option('--interval <seconds>', 'seconds between cycles (default 15)')
-    .option('--listen <host:port>', 'HTTP listen address (default 127.0.0.1:9477)')
-    .option('--observe-only', 'never reap or remove anything: metrics and API only')
-    .option('--no-orphans', 'do not reap orphaned trees')
-    .option('--no-reap-sessions', "do not stop leaked sessions' CLIs inside live adapters")
-    .option('--no-gc', 'do not remove stale pid files')
-    .option('--token-file <file>', 'bearer token for POST /api/reap (disabled without it)')
-    .option('--audit-log <file>', 'JSONL audit trail (default ~/.local/state/stepwise-watchdog/audit.jsonl)')
-    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (default info)')
-    .option('--watch-process <name=pidfile>', 'also export memory and growth of another long-lived process (repeatable)', collect)
-    .option('--kill-wait <seconds>', 'wait between SIGTERM and SIGKILL (default 5)')
-    .option('--growth-window <seconds>', 'window of the server memory growth slope (default 3600)')
-    .option('--allow-other-uids', 'allow signalling processes of another uid (off by default)')
+    .option(...optionText('interval'))
+    .option(...optionText('listen'))
+    .option(...optionText('observeOnly'))
+    .option(...optionText('orphans'))
+    .option(...optionText('reapSessions'))
+    .option(...optionText('gc'))
+    .option(...optionText('tokenFile'))
+    .option(...optionText('auditLog'))
+    .option(...optionText('logLevel'))
+    .option(...optionText('watchProcess'), collect)
+    .option(...optionText('killWait'))
+    .option(...optionText('growthWindow'))
+    .option(...optionText('allowOtherUids'))
     .action(lazy(() => import('./commands/run.js')));
 
   const hook = program.command('hook').description('stepwise hooks that poke the daemon when a job ends');
@@ -117,7 +117,7 @@ export function buildProgram(io: CliIO, setCode: (code: number) => void): Comman
     projectOptions(hook.command(sub))
       .description(sub === 'install' ? 'write .stepwise/hooks/on-fail and on-complete (an existing hook is chained, never overwritten without --force)' : 'restore the hooks that were there before')
       .option('--force', 'overwrite an existing hook instead of chaining it')
-      .option('--listen <host:port>', 'the daemon address the hook pokes (default 127.0.0.1:9477)')
+      .option(...optionText('listen', 'the daemon address the hook pokes'))
       .action(lazy(() => import(`./commands/hook.js`)));
   }
 
@@ -138,7 +138,7 @@ export function buildProgram(io: CliIO, setCode: (code: number) => void): Comman
 
   projectOptions(program.command('doctor'))
     .description('one screen to run first: server, store, pids folder, guard, hook, markers, what the daemon would do')
-    .option('--listen <host:port>', 'where to look for a running daemon (default 127.0.0.1:9477)')
+    .option(...optionText('listen', 'where to look for a running daemon'))
     .option('--python <path>', "the Python interpreter stepwise runs with (for the guard check)")
     .option('--json', 'print JSON')
     .action(lazy(() => import('./commands/doctor.js')));

@@ -58,6 +58,47 @@ export const configSchema = z
   .strict();
 
 export type Config = z.infer<typeof configSchema>;
+
+/**
+ * The CLI's flag and help text of each option, beside the schema whose defaults they print: the
+ * help says `(default …)` from the schema itself, so a default is written once. `defaultText`
+ * is for defaults computed at run time (they are null in the schema).
+ */
+const OPTION_TEXT = {
+  project: { flag: '--project <dir>', help: 'stepwise project folder (repeatable)', defaultText: 'walk up from the cwd' },
+  db: { flag: '--db <path>', help: 'job store', defaultText: '<project>/.stepwise/stepwise.db, or $STEPWISE_DB' },
+  pidsDir: { flag: '--pids-dir <dir>', help: 'pid files folder', defaultText: '<server cwd>/.stepwise/pids' },
+  markers: { flag: '--marker <text>', help: 'adapter marker pattern (repeatable; replaces the defaults)' },
+  spawnGrace: { flag: '--spawn-grace <seconds>', help: 'age before an unreferenced server child is called unreferenced' },
+  terminalGrace: { flag: '--terminal-grace <seconds>', help: 'time a leaked tree must have been leaked before it is reaped' },
+  killWait: { flag: '--kill-wait <seconds>', help: 'wait between SIGTERM and SIGKILL' },
+  auditLog: { flag: '--audit-log <file>', help: 'JSONL audit trail', defaultText: '~/.local/state/stepwise-watchdog/audit.jsonl' },
+  allowOtherUids: { flag: '--allow-other-uids', help: 'allow signalling processes of another uid (off by default)' },
+  interval: { flag: '--interval <seconds>', help: 'seconds between cycles' },
+  listen: { flag: '--listen <host:port>', help: 'HTTP listen address' },
+  observeOnly: { flag: '--observe-only', help: 'never reap or remove anything: metrics and API only' },
+  orphans: { flag: '--no-orphans', help: 'do not reap orphaned trees' },
+  reapSessions: { flag: '--no-reap-sessions', help: "do not stop leaked sessions' CLIs inside live adapters" },
+  gc: { flag: '--no-gc', help: 'do not remove stale pid files' },
+  tokenFile: { flag: '--token-file <file>', help: 'bearer token for POST /api/reap (disabled without it)' },
+  logLevel: { flag: '--log-level <level>', help: LOG_LEVELS.join('|') },
+  watchProcess: { flag: '--watch-process <name=pidfile>', help: 'also export memory and growth of another long-lived process (repeatable)' },
+  growthWindow: { flag: '--growth-window <seconds>', help: 'window of the server memory growth slope' },
+} satisfies Partial<Record<keyof Config, { flag: string; help: string; defaultText?: string }>>;
+
+export type OptionKey = keyof typeof OPTION_TEXT;
+
+/** commander's (flags, description) for a config key; `help` replaces the text (same default). */
+export function optionText(key: OptionKey, help?: string): [string, string] {
+  const t: { flag: string; help: string; defaultText?: string } = OPTION_TEXT[key];
+  const field = configSchema.shape[key] as z.ZodTypeAny;
+  const value: unknown = field instanceof z.ZodDefault ? (field._def.defaultValue as () => unknown)() : undefined;
+  // Negated switches (--no-gc) and on/off flags say what they do; scalars print their default.
+  const shown = t.defaultText ?? (typeof value === 'number' || typeof value === 'string' ? String(value) : null);
+  return [t.flag, shown === null ? (help ?? t.help) : `${help ?? t.help} (default ${shown})`];
+}
+
+
 export type ConfigInput = z.input<typeof configSchema>;
 
 export class ConfigError extends Error {}

@@ -57,3 +57,15 @@ describe('config: one schema for flags, env and file', () => {
     expect(() => loadConfig({ flags: {}, env: {}, file: file('{not json') })).toThrow(/not a JSON object/);
   });
 });
+
+describe('help texts come from the schema', () => {
+  it('a scalar default is printed from the schema, once', async () => {
+    const { optionText, configSchema } = await import('../../src/config/schema.js');
+    const defaults = configSchema.parse({});
+    expect(optionText('killWait')).toEqual(['--kill-wait <seconds>', `wait between SIGTERM and SIGKILL (default ${defaults.killWait})`]);
+    expect(optionText('interval')[1]).toContain(`(default ${defaults.interval})`);
+    expect(optionText('listen', 'where to look')[1]).toBe(`where to look (default ${defaults.listen})`);
+    // switches say what they do, without "(default true)"
+    expect(optionText('gc')[1]).not.toMatch(/default/);
+  });
+});
