@@ -7,9 +7,19 @@
 //     file was written (the engine writes the file after the ACP handshake);
 //  3. it is a child of this project's live server.
 // Marker patterns only recognise adapter-like processes; a marker alone is never evidence.
+// Gathering the evidence is evidence.ts; this file judges it.
 
-import { collectTree, indexProcesses, isDead, matchesMarker, toTreeProcess, type ProcessIndex } from './process-tree.js';
-import { judgePidFileFacts } from './pid-file-rule.js';
+import {
+  candidateRoots,
+  externalParents,
+  gatherEvidence,
+  indexPidFiles,
+  indexRuns,
+  judgePidFile,
+  type EvidenceContext,
+  type RootCandidate,
+} from './evidence.js';
+import { collectTree, indexProcesses, isDead, matchesMarker, toTreeProcess } from './process-tree.js';
 import { findSessions } from './sessions.js';
 import { ago, comparisonSlack, parseIsoEpoch, startEpoch } from './time.js';
 import { OPEN_RUN_STATUSES } from './vocabulary.js';
@@ -35,23 +45,7 @@ import {
   type StoreSnapshot,
 } from './types.js';
 
-/**
- * The pid a run's tree hangs from: its adapter's pid while a process or a live group carries it;
- * only then its recorded pgid (the top died and was reaped: the group lives on under that id).
- * Never both: one run names one tree.
- */
-function namedRoot(run: RunRow, index: ProcessIndex): number | null {
-  const carried = (pid: number | null): pid is number => pid !== null && pid > 1 && (index.byPid.has(pid) || index.groups.has(pid));
-  if (carried(run.pid)) return run.pid;
-  if (run.pgid !== run.pid && carried(run.pgid)) return run.pgid;
-  return null;
-}
 
-function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
-  const list = map.get(key);
-  if (list) list.push(value);
-  else map.set(key, [value]);
-}
 
 export interface ClassifyInput {
   root: string;
@@ -99,28 +93,9 @@ function jobRef(id: string, row: JobRow | undefined): JobRef {
   };
 }
 
-interface RootCandidate {
-  pid: number;
-  /** Start ticks used to judge identity: the top's, or the earliest live group member's when the top is gone. */
-  startTicks: number;
-  topAlive: boolean;
-  includeGroup: boolean;
-}
-
-/** Where a tree hangs: a live top, a zombie top with live group members, or live members of its group. */
-function rootAt(index: ProcessIndex, pid: number): RootCandidate | null {
-  const top = index.byPid.get(pid);
-  const members = index.groups.get(pid) ?? [];
-  if (top && !isDead(top)) return { pid, startTicks: top.startTicks, topAlive: true, includeGroup: top.pgid === pid };
-  if (members.length === 0) return null;
-  // The leader is dead (a zombie, or gone) but its group lives on. A pid that is still a live
-  // group id cannot have been reused, and every member started after the leader did.
-  const startTicks = top ? top.startTicks : Math.min(...members.map((m) => m.startTicks));
-  return { pid, startTicks, topAlive: false, includeGroup: true };
-}
 
 export function classify(input: ClassifyInput): ProjectInventory {
-  const { policy, now } = input;
+  const { now } = input;
   const inventory: ProjectInventory = {
     root: input.root,
     pidsDir: input.pidsDir,
@@ -134,222 +109,178 @@ export function classify(input: ClassifyInput): ProjectInventory {
     storeSchema: input.store?.schema ?? null,
     now,
   };
-
-  const store = input.store;
-  const jobs = store?.jobs ?? {};
-  const runs = store?.runs ?? [];
-  const storeNote = store ? '' : 'store unreadable, jobs unknown: ';
-
-  // Step runs facts that do not need the process table.
-  for (const run of runs) {
-    const job = jobs[run.jobId];
-    if (run.status === 'running' && job && isTerminalJobStatus(job.status)) {
-      inventory.staleRunningRuns.push(staleRun(run, job));
-    }
-    if (run.agentStep && run.status === 'running' && run.pid === null && !run.inVm && job && !isTerminalJobStatus(job.status) && job.status !== 'paused') {
-      inventory.startingRuns.push({ runId: run.id, jobId: run.jobId, agent: run.agent });
-    }
-  }
+  const runs = input.store?.runs ?? [];
+  const jobs = input.store?.jobs ?? {};
+  Object.assign(inventory, runFacts(runs, jobs));
   inventory.adapters.push(...inVmAdapters(runs, jobs, now));
 
   if (!input.processes) {
     // Without a process table nothing can be judged; pid files are kept, and say why.
-    inventory.pidFiles = input.pidFiles.map((f) => ({
-      path: f.path,
-      name: f.name,
-      pid: f.pid,
-      agent: f.agent,
-      verdict: f.pid === null ? 'invalid' : 'live',
-      reason: f.invalidReason ?? 'process table unreadable: not judged (kept)',
-      ino: f.ino,
-      dev: f.dev,
-      process: null,
-    }));
+    inventory.pidFiles = input.pidFiles.map(unjudgedPidFile);
     return inventory;
   }
-
   const { clock } = input.processes;
   const index = indexProcesses(input.processes.processes);
-  const slack = comparisonSlack(clock, policy.clockToleranceSeconds);
-  const serverPid = input.server.alive && input.server.identity ? input.server.identity.pid : null;
-  const claimed = new Set<number>();
-  const exclude = (pid: number) => pid <= 1 || pid === serverPid || claimed.has(pid);
-  const startOf = (ticks: number) => startEpoch(clock, ticks);
-
-  // Pid files: validity and verdict per file.
-  const validFiles = new Map<number, PidFileEntry[]>();
-  for (const f of input.pidFiles) {
-    inventory.pidFiles.push(judgePidFile(f, index, clock, slack));
-    if (f.pid !== null) {
-      const list = validFiles.get(f.pid) ?? [];
-      list.push(f);
-      validFiles.set(f.pid, list);
-    }
+  const slack = comparisonSlack(clock, input.policy.clockToleranceSeconds);
+  inventory.pidFiles = input.pidFiles.map((f) => judgePidFile(f, index, clock, slack));
+  const { runsByPid, runsBySession } = indexRuns(runs, index, input.store !== null);
+  const ctx: JudgeContext = {
+    index,
+    clock,
+    slack,
+    serverPid: input.server.alive && input.server.identity ? input.server.identity.pid : null,
+    filesByPid: indexPidFiles(input.pidFiles),
+    runsByPid,
+    runsBySession,
+    claimed: new Set<number>(),
+    jobs,
+    policy: input.policy,
+    now,
+    storeNote: input.store ? '' : 'store unreadable, jobs unknown: ',
+  };
+  for (const root of candidateRoots(ctx, input.policy.markers)) {
+    const tree = evidencedTree(root, ctx);
+    if (tree) inventory.adapters.push(tree);
   }
+  inventory.adapters.push(...foreignTrees(input.processes.processes, ctx));
+  return inventory;
+}
 
-  // Runs that name host pids (in-vm guest pids are never matched against host processes): by
-  // the adapter's pid and by its recorded group id (which names the tree once its top died).
-  const runsByPid = new Map<number, RunRow[]>();
-  const runsBySession = store ? new Map<string, RunRow[]>() : null;
-  for (const run of runs) {
-    if (!run.agentStep || run.inVm) continue;
-    if (run.sessionId !== null && runsBySession) push(runsBySession, run.sessionId.toLowerCase(), run);
-    const named = namedRoot(run, index);
-    if (named !== null) push(runsByPid, named, run);
-  }
+/** One cycle's evidence plus what judging needs: jobs, policy, time, and the pids already in a tree. */
+interface JudgeContext extends EvidenceContext {
+  runsBySession: Map<string, RunRow[]> | null;
+  /** Pids already placed in a tree: a process belongs to one tree, the oldest root's. */
+  claimed: Set<number>;
+  jobs: Record<string, JobRow>;
+  policy: Policy;
+  now: number;
+  /** Prefix of every reason while the store is unreadable. */
+  storeNote: string;
+}
 
-  // Candidate roots: every pid named by a run or a pid file, and the server's adapter-like children.
-  const rootPids = new Set<number>([...runsByPid.keys(), ...validFiles.keys()]);
-  if (serverPid !== null) {
-    for (const child of index.children.get(serverPid) ?? []) {
-      if (matchesMarker(child.argv, policy.markers)) rootPids.add(child.pid);
-    }
-  }
-  const ordered = [...rootPids]
-    .map((pid) => rootAt(index, pid))
-    .filter((r): r is RootCandidate => r !== null && r.pid > 1 && r.pid !== serverPid)
-    .sort((a, b) => a.startTicks - b.startTicks || a.pid - b.pid);
+/** Never part of a tree: pid 1, the live server, a process another tree holds. */
+function excluded(ctx: JudgeContext, pid: number): boolean {
+  return pid <= 1 || pid === ctx.serverPid || ctx.claimed.has(pid);
+}
 
-  for (const root of ordered) {
-    if (claimed.has(root.pid)) continue;
-    const rootStart = startOf(root.startTicks);
-    const evidence: Evidence[] = [];
-    const rejected: string[] = [];
-    const runIds: string[] = [];
-    const jobIds = new Set<string>();
-    let agent: string | null = null;
+function claimTree(ctx: JudgeContext, pid: number, includeGroup: boolean): ProcessInfo[] {
+  const members = collectTree(ctx.index, pid, { includeGroup, exclude: (p) => excluded(ctx, p) });
+  for (const m of members) ctx.claimed.add(m.pid);
+  return members;
+}
 
-    let pidFile: string | null = null;
-    let fileAgent: string | null = null;
-    let retried: string | null = null;
-    for (const f of validFiles.get(root.pid) ?? []) {
-      if (f.mtimeEpoch !== null && rootStart <= f.mtimeEpoch + slack) {
-        pidFile = f.path;
-        fileAgent = f.agent;
-      }
-    }
-    for (const run of runsByPid.get(root.pid) ?? []) {
-      const verdict = judgeRunEvidence(run, rootStart, clock, slack, pidFile !== null);
-      if (verdict === null) {
-        const finished = parseIsoEpoch(run.completedAt);
-        if (finished !== null && rootStart > finished + slack) retried = run.id;
-        evidence.push({ kind: 'run', runId: run.id, jobId: run.jobId });
-        runIds.push(run.id);
-        jobIds.add(run.jobId);
-        agent ??= run.agent;
-      } else rejected.push(verdict);
-    }
-    if (pidFile !== null) {
-      evidence.push({ kind: 'pid-file', path: pidFile });
-      agent ??= fileAgent;
-    }
-    const top = index.byPid.get(root.pid);
-    const serverChild = root.topAlive && serverPid !== null && top?.ppid === serverPid;
-    if (serverChild && serverPid !== null) evidence.push({ kind: 'server-child', serverPid });
+function sessionsOf(members: ProcessInfo[], ctx: JudgeContext, treeJobs: JobRef[]): AdapterSession[] {
+  return findSessions({
+    members,
+    index: ctx.index,
+    runsBySession: ctx.runsBySession,
+    jobRef: (id) => jobRef(id, ctx.jobs[id]),
+    describeJob: (j) => describeJob(j, ctx.now),
+    treeJobs,
+  });
+}
 
-    if (evidence.length === 0) continue; // a marker-like process here is judged below as foreign.
+/** The tree a named root hangs, judged; null when nothing names it (judged later, as foreign) or it has no live member. */
+function evidencedTree(root: RootCandidate, ctx: JudgeContext): AdapterTree | null {
+  if (ctx.claimed.has(root.pid)) return null;
+  const ev = gatherEvidence(root, ctx);
+  if (ev.evidence.length === 0) return null;
+  const members = claimTree(ctx, root.pid, root.includeGroup);
+  if (members.length === 0) return null;
+  const jobRefs = ev.jobIds.map((id) => jobRef(id, ctx.jobs[id]));
+  const { verdict, reason } = judgeTree({
+    pid: root.pid,
+    jobRefs,
+    serverChild: ev.serverChild,
+    hasPidFile: ev.pidFile !== null,
+    externalParents: externalParents(members, ctx.index),
+    ageSeconds: ctx.now - ev.rootStart,
+    policy: ctx.policy,
+    now: ctx.now,
+    topAlive: root.topAlive,
+    rejected: ev.rejected,
+  });
+  const retryNote = ev.retried ? ` (spawned by a retry of run ${ev.retried} after it ended: the cancel-then-retry leak)` : '';
+  return makeTree({
+    topPid: root.pid,
+    startTicks: root.startTicks,
+    members,
+    verdict,
+    reason: ctx.storeNote + reason + retryNote,
+    jobs: jobRefs,
+    evidence: ev.evidence,
+    rootStart: ev.rootStart,
+    now: ctx.now,
+    pidFile: ev.pidFile,
+    agent: ev.agent,
+    runIds: ev.runIds,
+    sessions: sessionsOf(members, ctx, jobRefs),
+  });
+}
 
-    const members = collectTree(index, root.pid, { includeGroup: root.includeGroup, exclude });
-    if (members.length === 0) continue;
-    for (const m of members) claimed.add(m.pid);
-
-    const jobRefs = [...jobIds].map((id) => jobRef(id, jobs[id]));
-    const sessions = findSessions({
-      members,
-      index,
-      runsBySession,
-      jobRef: (id) => jobRef(id, jobs[id]),
-      describeJob: (j) => describeJob(j, now),
-      treeJobs: jobRefs,
-    });
-    const { verdict, reason } = judgeTree({
-      pid: root.pid,
-      jobRefs,
-      serverChild,
-      hasPidFile: pidFile !== null,
-      externalParents: externalParents(members, index),
-      ageSeconds: now - rootStart,
-      policy,
-      now,
-      topAlive: root.topAlive,
-      rejected,
-    });
-    const retryNote = retried ? ` (spawned by a retry of run ${retried} after it ended: the cancel-then-retry leak)` : '';
-    inventory.adapters.push(
-      makeTree(root.pid, root.startTicks, members, verdict, storeNote + reason + retryNote, jobRefs, evidence, {
-        rootStart,
-        now,
-        pidFile,
-        agent,
-        runIds,
-        sessions,
-      }),
-    );
-  }
-
-  // Adapter-like processes with no evidence at all: foreign (e.g. an editor's own adapter).
-  for (const p of input.processes.processes) {
-    if (isDead(p) || claimed.has(p.pid) || exclude(p.pid) || !matchesMarker(p.argv, policy.markers)) continue;
+/** Adapter-like processes with no evidence at all: foreign (e.g. an editor's own adapter). */
+function foreignTrees(processes: readonly ProcessInfo[], ctx: JudgeContext): AdapterTree[] {
+  const out: AdapterTree[] = [];
+  const markers = ctx.policy.markers;
+  for (const p of processes) {
+    if (isDead(p) || excluded(ctx, p.pid) || !matchesMarker(p.argv, markers)) continue;
     let top = p;
     for (;;) {
-      const parent = index.byPid.get(top.ppid);
-      if (!parent || isDead(parent) || exclude(parent.pid) || !matchesMarker(parent.argv, policy.markers)) break;
+      const parent = ctx.index.byPid.get(top.ppid);
+      if (!parent || isDead(parent) || excluded(ctx, parent.pid) || !matchesMarker(parent.argv, markers)) break;
       top = parent;
     }
-    const members = collectTree(index, top.pid, { includeGroup: top.pgid === top.pid, exclude });
+    const members = claimTree(ctx, top.pid, top.pgid === top.pid);
     if (members.length === 0) continue;
-    for (const m of members) claimed.add(m.pid);
-    const parent = index.byPid.get(top.ppid);
+    const parent = ctx.index.byPid.get(top.ppid);
     const parentText = parent ? `${top.ppid} (${parent.comm || parent.argv[0] || '?'})` : String(top.ppid);
-    inventory.adapters.push(
-      makeTree(top.pid, top.startTicks, members, 'foreign', `adapter-like, but no run, pid file or server names it (parent ${parentText})`, [], [], {
-        rootStart: startOf(top.startTicks),
-        now,
+    out.push(
+      makeTree({
+        topPid: top.pid,
+        startTicks: top.startTicks,
+        members,
+        verdict: 'foreign',
+        reason: `adapter-like, but no run, pid file or server names it (parent ${parentText})`,
+        jobs: [],
+        evidence: [],
+        rootStart: startEpoch(ctx.clock, top.startTicks),
+        now: ctx.now,
         pidFile: null,
         agent: null,
         runIds: [],
-        sessions: findSessions({ members, index, runsBySession, jobRef: (id) => jobRef(id, jobs[id]), describeJob: (j) => describeJob(j, now), treeJobs: [] }),
+        sessions: sessionsOf(members, ctx, []),
       }),
     );
   }
-
-  return inventory;
-
-  function externalParents(members: ProcessInfo[], idx: ProcessIndex): { pid: number; comm: string }[] {
-    const inTree = new Set(members.map((m) => m.pid));
-    const out = new Map<number, string>();
-    for (const m of members) {
-      if (inTree.has(m.ppid)) continue;
-      const parent = idx.byPid.get(m.ppid);
-      out.set(m.ppid, parent?.comm || parent?.argv[0] || '');
-    }
-    return [...out].map(([pid, comm]) => ({ pid, comm }));
-  }
+  return out;
 }
 
-/**
- * null when the run is evidence for a process that started at `start`; else why it is not.
- *
- * A process that started after the run finished is normally a reused pid. One engine path
- * writes a pid after the run finished: a cancelled job's step retries (the cancel's "Transport
- * closed" counts as transient) and records its fresh adapter on the cancelled run — the
- * engine clears `step_runs.pid` when a run finishes, so a set `pid` column equal to the pid
- * says so. That is accepted only when it is corroborated by the project's pid file for the
- * same process (written by the engine after the handshake) and the process started after the run.
- */
-function judgeRunEvidence(run: RunRow, start: number, clock: ClockInfo, slack: number, pidFileNamesIt: boolean): string | null {
-  const started = parseIsoEpoch(run.startedAt);
-  if (started !== null && started < clock.bootTimeEpoch - slack) {
-    return `run ${run.id} started before this boot: its pid ${run.pid} means nothing now`;
+/** Store facts that need no process table: running runs of terminal jobs, agent runs not started yet. */
+function runFacts(runs: readonly RunRow[], jobs: Record<string, JobRow>): Pick<ProjectInventory, 'staleRunningRuns' | 'startingRuns'> {
+  const staleRunningRuns: StaleRunningRun[] = [];
+  const startingRuns: ProjectInventory['startingRuns'] = [];
+  for (const run of runs) {
+    const job = jobs[run.jobId];
+    if (run.status === 'running' && job && isTerminalJobStatus(job.status)) staleRunningRuns.push(staleRun(run, job));
+    if (run.agentStep && run.status === 'running' && run.pid === null && !run.inVm && job && !isTerminalJobStatus(job.status) && job.status !== 'paused') {
+      startingRuns.push({ runId: run.id, jobId: run.jobId, agent: run.agent });
+    }
   }
-  const completed = parseIsoEpoch(run.completedAt);
-  if (completed !== null && start > completed + slack) {
-    const retry = run.pidColumn !== null && run.pidColumn === run.pid && started !== null && start >= started - slack;
-    if (retry && pidFileNamesIt) return null;
-    if (retry) return `pid ${run.pid} was recorded on run ${run.id} after it finished, but no pid file confirms the process`;
-    return `pid ${run.pid} started after run ${run.id} finished: reused pid`;
-  }
-  return null;
+  return { staleRunningRuns, startingRuns };
+}
+
+function unjudgedPidFile(f: PidFileEntry): PidFileStatus {
+  return {
+    path: f.path,
+    name: f.name,
+    pid: f.pid,
+    agent: f.agent,
+    verdict: f.pid === null ? 'invalid' : 'live',
+    reason: f.invalidReason ?? 'process table unreadable: not judged (kept)',
+    ino: f.ino,
+    dev: f.dev,
+    process: null,
+  };
 }
 
 interface JudgeTreeInput {
@@ -406,16 +337,25 @@ function judgeTree(i: JudgeTreeInput): { verdict: AdapterVerdict; reason: string
   return { verdict: 'foreign', reason: `no evidence it is this project's${reused}` };
 }
 
-function makeTree(
-  topPid: number,
-  startTicks: number,
-  members: ProcessInfo[],
-  verdict: AdapterVerdict,
-  reason: string,
-  jobs: JobRef[],
-  evidence: Evidence[],
-  extra: { rootStart: number; now: number; pidFile: string | null; agent: string | null; runIds: string[]; sessions: AdapterSession[] },
-): AdapterTree {
+interface TreeFacts {
+  topPid: number;
+  startTicks: number;
+  members: ProcessInfo[];
+  verdict: AdapterVerdict;
+  reason: string;
+  jobs: JobRef[];
+  evidence: Evidence[];
+  rootStart: number;
+  now: number;
+  pidFile: string | null;
+  agent: string | null;
+  runIds: string[];
+  sessions: AdapterSession[];
+}
+
+function makeTree(t: TreeFacts): AdapterTree {
+  const { topPid, startTicks, members, verdict, reason, jobs, evidence } = t;
+  const extra = t;
   const terminalTimes = jobs.map((j) => j.terminalSinceEpoch);
   const lastTerminalEpoch =
     jobs.length > 0 && jobs.every((j) => j.terminal) && terminalTimes.every((t) => t !== null)
@@ -441,23 +381,6 @@ function makeTree(
   };
 }
 
-function judgePidFile(f: PidFileEntry, index: ProcessIndex, clock: ClockInfo, slack: number): PidFileStatus {
-  const base = { path: f.path, name: f.name, pid: f.pid, agent: f.agent, ino: f.ino, dev: f.dev };
-  if (f.pid === null) return { ...base, verdict: 'invalid', reason: f.invalidReason ?? 'invalid', process: null };
-  const p = index.byPid.get(f.pid);
-  const j = judgePidFileFacts({
-    pid: f.pid,
-    mtimeEpoch: f.mtimeEpoch,
-    process: p ? { state: p.state, startTicks: p.startTicks, what: p.argv.length ? p.argv.join(' ').slice(0, 60) : p.comm } : null,
-    liveGroupMembers: (index.groups.get(f.pid) ?? []).length,
-    clock,
-    slack,
-  });
-  // The table was read: 'unknown' only comes from an unknown boot time, which leaves the file as it is.
-  const verdict = j.verdict === 'unknown' ? 'live' : j.verdict;
-  const live = verdict === 'live' && p && !isDead(p) ? { pid: p.pid, startTicks: p.startTicks } : null;
-  return { ...base, verdict, reason: j.verdict === 'unknown' ? `${j.reason}: not judged (kept)` : j.reason, process: live };
-}
 
 function staleRun(run: RunRow, job: JobRow): StaleRunningRun {
   return { runId: run.id, jobId: run.jobId, jobStatus: job.status, stepName: run.stepName, startedAt: run.startedAt, pid: run.pid };
