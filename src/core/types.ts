@@ -94,6 +94,8 @@ export interface SourceHealth {
   /** One short line when not ok ("store down: database is locked for more than 2000 ms"). */
   error?: string;
   durationSeconds: number;
+  /** Entries the source listed but could not read (the process table: pids whose files were unreadable). Treated as unknown, never dead. */
+  unreadable?: number;
 }
 
 export interface ServerPidFile {

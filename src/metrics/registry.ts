@@ -143,6 +143,21 @@ export class WatchdogMetrics {
       },
     });
     new Gauge({
+      name: `${PREFIX}source_unreadable_entries`,
+      help: 'Entries a source listed but could not read in the last cycle (processes: pids whose files were unreadable; judged unknown, never dead, never signalled).',
+      labelNames: ['project', 'source'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const inv of inventories()) {
+          for (const s of SOURCES) {
+            const n = inv.sources[s]?.unreadable;
+            if (n !== undefined) this.set({ project: inv.root, source: s }, n);
+          }
+        }
+      },
+    });
+    new Gauge({
       name: `${PREFIX}source_duration_seconds`,
       help: 'How long reading each source took in the last cycle.',
       labelNames: ['project', 'source'],

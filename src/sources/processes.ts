@@ -230,7 +230,7 @@ export function readProcessTable(opts: ReadProcessTableOptions = {}): ProcessTab
   const problems: string[] = [];
   if (unreadable.length > 0) problems.push(`${unreadable.length} unreadable (first: ${firstError})`);
   if (clockError) problems.push(clockError);
-  const health: SourceHealth = { ok: problems.length === 0, durationSeconds: (performance.now() - started) / 1000 };
+  const health: SourceHealth = { ok: problems.length === 0, durationSeconds: (performance.now() - started) / 1000, unreadable: unreadable.length };
   if (problems.length > 0) health.error = `processes degraded: ${problems.join('; ')}`;
   return { table: { processes: kept, clock }, health, unreadablePids: unreadable };
 }

@@ -62,6 +62,13 @@ describe('/metrics', () => {
     expect(text).toBe(fs.readFileSync(GOLDEN, 'utf8'));
   });
 
+  it('exports the process table\'s unreadable pids per source (unknown, never dead)', async () => {
+    const degraded = { ...inv, sources: { ...inv.sources, processes: { ok: false, error: 'processes degraded: 3 unreadable', durationSeconds: 0.01, unreadable: 3 } } };
+    const text = await metricsFor([degraded]).metrics();
+    expect(text).toContain(`stepwise_watchdog_source_unreadable_entries{project="${inv.root}",source="processes"} 3`);
+    expect(text).toContain(`stepwise_watchdog_source_up{project="${inv.root}",source="processes"} 0`);
+  });
+
   it('is served with the Prometheus content type', async () => {
     await makeApp();
     const res = await app!.inject({ method: 'GET', url: '/metrics' });
