@@ -80,6 +80,8 @@ export interface Refusal {
   /** true when the user asked for it by name (--job/--pid): refusals of explicit requests are audited. */
   explicit: boolean;
   tree?: AdapterTree;
+  /** A refused session stop: which CLI, by identity (re-verification finds its refusal by this, never by the target text). */
+  session?: { sessionId: string; pid: number; startTicks: number };
 }
 
 export type PlannedAction = KillTreeAction | KillSessionAction | RemovePidFileAction;
@@ -100,8 +102,17 @@ export interface Plan {
 
 export function plan(inv: ProjectInventory, policy: Policy, selection: Selection, ctx: PlanContext): Plan {
   const out: Plan = { project: inv.root, actions: [], refusals: [] };
-  const refuse = (target: string, code: RefusalCode, reason: string, explicit: boolean, tree?: AdapterTree) =>
-    out.refusals.push({ kind: 'refusal', project: inv.root, target, code, reason, explicit, ...(tree ? { tree } : {}) });
+  const refuse: RefuseFn = (target, code, reason, explicit, tree, session) =>
+    out.refusals.push({
+      kind: 'refusal',
+      project: inv.root,
+      target,
+      code,
+      reason,
+      explicit,
+      ...(tree ? { tree } : {}),
+      ...(session ? { session: { sessionId: session.sessionId, pid: session.pid, startTicks: session.startTicks } } : {}),
+    });
 
   const wantsKills = selection.allLeaked || selection.orphans || selection.sessions || selection.jobs.length > 0 || selection.pids.length > 0;
   const down = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'store' || name === 'processes'));
@@ -129,7 +140,7 @@ export function plan(inv: ProjectInventory, policy: Policy, selection: Selection
   return out;
 }
 
-type RefuseFn = (target: string, code: RefusalCode, reason: string, explicit: boolean, tree?: AdapterTree) => void;
+type RefuseFn = (target: string, code: RefusalCode, reason: string, explicit: boolean, tree?: AdapterTree, session?: AdapterSession) => void;
 
 function planKills(inv: ProjectInventory, policy: Policy, selection: Selection, ctx: PlanContext, out: Plan, refuse: RefuseFn): void {
   const chosen = new Map<number, KillTreeAction>();
@@ -241,33 +252,33 @@ function planSessionKills(inv: ProjectInventory, policy: Policy, ctx: PlanContex
       const target = `session ${session.sessionId} (pid ${session.pid}) in tree ${tree.topPid}`;
       const since = session.lastTerminalEpoch;
       if (since === null) {
-        refuse(target, 'grace', `${session.reason}; when its jobs ended is unknown, so the terminal grace cannot be checked`, false, tree);
+        refuse(target, 'grace', `${session.reason}; when its jobs ended is unknown, so the terminal grace cannot be checked`, false, tree, session);
         continue;
       }
       if (inv.now - since < policy.terminalGraceSeconds) {
         const left = Math.ceil(policy.terminalGraceSeconds - (inv.now - since));
-        refuse(target, 'grace', `${session.reason}; within the terminal grace (${left}s left)`, false, tree);
+        refuse(target, 'grace', `${session.reason}; within the terminal grace (${left}s left)`, false, tree, session);
         continue;
       }
       if (session.pid === tree.topPid || session.processes.some((p) => p.pid === tree.topPid)) {
-        refuse(target, 'protected', `${target}: the session's process is the adapter's top: only the whole tree could go`, false, tree);
+        refuse(target, 'protected', `${target}: the session's process is the adapter's top: only the whole tree could go`, false, tree, session);
         continue;
       }
       // A process inside it that carries another session id would go with it: only a session that
       // holds no other session is ever stopped (an agent whose adapter itself carries an id).
       const nested = session.processes.find((p) => p.pid !== session.pid && (sessionIdOf(p.argv) ?? session.sessionId) !== session.sessionId);
       if (nested) {
-        refuse(target, 'protected', `${target} holds process ${nested.pid} of another session: never stopped alone`, false, tree);
+        refuse(target, 'protected', `${target} holds process ${nested.pid} of another session: never stopped alone`, false, tree, session);
         continue;
       }
       const guard = processesProblem(target, session.processes, inv, ctx);
       if (guard) {
-        refuse(target, guard.code, guard.reason, false, tree);
+        refuse(target, guard.code, guard.reason, false, tree, session);
         continue;
       }
       const race = adoptionRace(tree, inv);
       if (race) {
-        refuse(target, 'adoption_race', race, false, tree);
+        refuse(target, 'adoption_race', race, false, tree, session);
         continue;
       }
       out.actions.push({ kind: 'kill-session', project: inv.root, tree, session, reason: `leaked session ${session.sessionId}: ${session.reason}`, selectedBy: 'sessions' });

@@ -104,7 +104,7 @@ export function recheckSession(session: CollectingSession, action: KillSessionAc
   const still = again.actions.some((a) => a.kind === 'kill-session' && a.session.pid === fresh.pid && a.session.startTicks === fresh.startTicks);
   if (!still) {
     if (fresh.verdict !== 'leaked') return { refused: `re-verification: session ${fresh.sessionId} is now ${fresh.verdict}: ${fresh.reason}`, code: 'verdict_changed' };
-    const r = again.refusals.find((x) => x.target.startsWith(`session ${fresh.sessionId}`));
+    const r = again.refusals.find((x) => x.session?.pid === fresh.pid && x.session.startTicks === fresh.startTicks);
     return { refused: `re-verification: ${r?.reason ?? `session ${fresh.sessionId} is no longer planned (tree ${tree.topPid} is ${tree.verdict})`}`, code: r?.code ?? 'verdict_changed' };
   }
   return { tree, session: fresh };

@@ -99,7 +99,9 @@ describe('stopping sessions', () => {
     expect(t.sessions.map((x) => [x.sessionId, x.verdict])).toEqual([[U1, 'leaked']]);
     const p = plan(inv, DEFAULT_POLICY, { allLeaked: true, orphans: true, sessions: true, jobs: [], pids: [], force: false, gc: false }, { selfPid: 1, selfAncestors: [], selfUid: 1000, allowOtherUids: false });
     expect(p.actions).toEqual([]);
-    expect(p.refusals.map((r) => [r.code, r.reason])).toEqual([['protected', expect.stringMatching(/holds process 203 of another session: never stopped alone/)]]);
+    expect(p.refusals.map((r) => [r.code, r.reason])).toEqual([['protected', expect.stringMatching(/holds process 203 of another session: never stopped alone/)]]);    // The refusal names the session by identity (re-verification finds it by this, not by its text).
+    const s1 = t.sessions[0]!;
+    expect(p.refusals[0]!.session).toEqual({ sessionId: U1, pid: s1.pid, startTicks: s1.startTicks });
   });
 });
 
