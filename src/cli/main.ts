@@ -37,6 +37,7 @@ function projectOptions(cmd: Command): Command {
     .option(...optionText('pidsDir'))
     .option('--config <file>', 'JSON config file (same keys as the flags, camelCase)')
     .option(...optionText('markers'), collect)
+    .option(...optionText('processSource'))
     .option(...optionText('spawnGrace'))
     .option(...optionText('terminalGrace'))
     .addOption(new Option('--proc-root <dir>', 'the /proc to read (for tests)').hideHelp());

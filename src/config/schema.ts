@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { z } from 'zod';
 import { DEFAULT_POLICY, type Policy } from '../core/types.js';
+import { PROCESS_SOURCES } from '../sources/default-port.js';
 import { DEFAULT_PROC_ROOT } from '../sources/processes.js';
 
 const seconds = (name: string) =>
@@ -34,6 +35,7 @@ export const configSchema = z
     db: z.string().min(1).nullable().default(null),
     pidsDir: z.string().min(1).nullable().default(null),
     procRoot: z.string().min(1).default(DEFAULT_PROC_ROOT),
+    processSource: z.enum(PROCESS_SOURCES, { errorMap: () => ({ message: `must be one of ${PROCESS_SOURCES.join(', ')}` }) }).default('auto'),
     markers: z.array(z.string().min(1, 'a marker cannot be empty')).min(1).default(DEFAULT_POLICY.markers),
     subreapers: z.array(z.string().min(1)).default(DEFAULT_POLICY.subreapers),
     spawnGrace: seconds('spawn grace').default(DEFAULT_POLICY.spawnGraceSeconds),
@@ -68,6 +70,7 @@ const OPTION_TEXT = {
   project: { flag: '--project <dir>', help: 'stepwise project folder (repeatable)', defaultText: 'walk up from the cwd' },
   db: { flag: '--db <path>', help: 'job store', defaultText: '<project>/.stepwise/stepwise.db, or $STEPWISE_DB' },
   pidsDir: { flag: '--pids-dir <dir>', help: 'pid files folder', defaultText: '<server cwd>/.stepwise/pids' },
+  processSource: { flag: '--process-source <source>', help: `where processes are read: ${PROCESS_SOURCES.join('|')} (auto: /proc where mounted, else ps)` },
   markers: { flag: '--marker <text>', help: 'adapter marker pattern (repeatable; replaces the defaults)' },
   spawnGrace: { flag: '--spawn-grace <seconds>', help: 'age before an unreferenced server child is called unreferenced' },
   terminalGrace: { flag: '--terminal-grace <seconds>', help: 'time a leaked tree must have been leaked before it is reaped' },
@@ -108,6 +111,7 @@ const ENV_KEYS: Record<string, keyof ConfigInput> = {
   STEPWISE_WATCHDOG_PROJECT: 'project',
   STEPWISE_WATCHDOG_PIDS_DIR: 'pidsDir',
   STEPWISE_WATCHDOG_PROC_ROOT: 'procRoot',
+  STEPWISE_WATCHDOG_PROCESS_SOURCE: 'processSource',
   STEPWISE_WATCHDOG_MARKERS: 'markers',
   STEPWISE_WATCHDOG_SUBREAPERS: 'subreapers',
   STEPWISE_WATCHDOG_SPAWN_GRACE: 'spawnGrace',

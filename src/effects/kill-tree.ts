@@ -20,7 +20,7 @@ import { NEVER_TOUCH_VERDICTS, REAPABLE_VERDICTS, SESSION_KILL_VERDICT, type Kil
 import { isDead, sameIdentity } from '../core/process-tree.js';
 import type { AdapterSession, AdapterTree, AdapterVerdict, LiveIdentity, SessionVerdict, TreeProcess } from '../core/types.js';
 import type { IdentityRead, ProcessPort } from '../sources/process-port.js';
-import { procPort } from '../sources/processes.js';
+import { defaultProcessPort } from '../sources/default-port.js';
 
 export type SignalName = 'SIGTERM' | 'SIGKILL';
 
@@ -187,7 +187,7 @@ interface Stage {
 }
 
 function stageOf(deps: KillStageDeps): Stage {
-  const processes = deps.processes ?? procPort();
+  const processes = deps.processes ?? defaultProcessPort();
   return {
     identity: (pid: number) => processes.identity(pid),
     kill: deps.kill ?? ((pid: number, sig: SignalName) => void process.kill(pid, sig)),

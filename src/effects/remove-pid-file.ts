@@ -14,7 +14,7 @@ import { comparisonSlack } from '../core/time.js';
 import { DEFAULT_POLICY, type AdapterTree, type PidFileStatus, type PidFileVerdict } from '../core/types.js';
 import { errText, isCode, PID_FILE_NAME, readPidFile } from '../sources/pid-files.js';
 import type { ProcessPort } from '../sources/process-port.js';
-import { procPort } from '../sources/processes.js';
+import { defaultProcessPort } from '../sources/default-port.js';
 
 export type PidFileOutcome = 'removed' | 'already-gone' | 'skipped' | 'failed';
 
@@ -72,7 +72,7 @@ function insidePidsDir(filePath: string, pidsDir: string): string | null {
  * now through the same process port, with the configured tolerance. Unreadable facts keep it.
  */
 function stillStale(pid: number, mtimeEpoch: number, deps: RemovePidFileDeps): { stale: true; why: string; verdict: PidFileVerdict } | { stale: false; why: string } {
-  const processes = deps.processes ?? procPort();
+  const processes = deps.processes ?? defaultProcessPort();
   const read = processes.identity(pid);
   let process: PidFileFacts['process'];
   if (read.kind === 'unknown') process = 'unknown';

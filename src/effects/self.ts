@@ -3,9 +3,9 @@
 
 import type { PlanContext } from '../core/plan.js';
 import type { ProcessPort } from '../sources/process-port.js';
-import { procPort } from '../sources/processes.js';
+import { defaultProcessPort } from '../sources/default-port.js';
 
-export function selfAncestors(processes: ProcessPort = procPort(), selfPid = process.pid): number[] {
+export function selfAncestors(processes: ProcessPort = defaultProcessPort(), selfPid = process.pid): number[] {
   const out: number[] = [];
   let pid = selfPid;
   for (let i = 0; i < 1024; i++) {
@@ -19,7 +19,7 @@ export function selfAncestors(processes: ProcessPort = procPort(), selfPid = pro
   return out;
 }
 
-export function selfPlanContext(allowOtherUids: boolean, processes: ProcessPort = procPort()): PlanContext {
+export function selfPlanContext(allowOtherUids: boolean, processes: ProcessPort = defaultProcessPort()): PlanContext {
   return {
     selfPid: process.pid,
     selfAncestors: selfAncestors(processes),

@@ -11,7 +11,8 @@ import type { Policy, ProjectInventory, SourceHealth } from '../core/types.js';
 import { readPidFiles } from '../sources/pid-files.js';
 import type { ProcessPort } from '../sources/process-port.js';
 import type { Runtime } from './runtime.js';
-import { ArgvCache, procPort } from '../sources/processes.js';
+import { defaultProcessPort } from '../sources/default-port.js';
+import { ArgvCache } from '../sources/processes.js';
 import { projectPaths, readServerPidFile, resolvePidsDir, type ProjectPaths } from '../sources/project.js';
 import { StoreReader, type StoreReaderOptions } from '../sources/store.js';
 
@@ -41,7 +42,7 @@ export class ProjectSession {
 
   constructor(readonly options: ProjectSessionOptions) {
     this.paths = projectPaths(options.root, { db: options.db ?? null, pidsDir: options.pidsDir ?? null, env: options.env ?? {} });
-    this.processes = options.processes ?? procPort();
+    this.processes = options.processes ?? defaultProcessPort();
     this.store = new StoreReader({ ...options.storeOptions, dbPath: this.paths.dbPath, busyTimeoutMs: options.storeBusyMs ?? 2000 });
   }
 

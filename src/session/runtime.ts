@@ -7,15 +7,17 @@ import type { PlanContext } from '../core/plan.js';
 import type { Policy } from '../core/types.js';
 import { selfPlanContext } from '../effects/self.js';
 import type { ProcessPort } from '../sources/process-port.js';
-import { procPort } from '../sources/processes.js';
+import { processPortFor } from '../sources/default-port.js';
 
 export interface Runtime {
   policy: Policy;
   processes: ProcessPort;
+  /** Why this process source (doctor). */
+  processSourceWhy: string;
   planContext: PlanContext;
 }
 
 export function runtimeFromConfig(config: Config): Runtime {
-  const processes = procPort(config.procRoot);
-  return { policy: policyFromConfig(config), processes, planContext: selfPlanContext(config.allowOtherUids, processes) };
+  const { port: processes, why } = processPortFor(config.processSource, config.procRoot);
+  return { policy: policyFromConfig(config), processes, processSourceWhy: why, planContext: selfPlanContext(config.allowOtherUids, processes) };
 }

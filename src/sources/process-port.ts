@@ -2,7 +2,8 @@
 // object, built once from the config and handed to the sources (the table, the server's cwd,
 // watched processes), the effects (identity and group re-checks right before a signal or an
 // unlink, self-protection) and the commands (guard, demo). Only its implementations touch the
-// OS: `processes.ts` reads Linux's /proc (the root injectable, as procfs's NewFS(mountPoint)).
+// OS: `processes.ts` reads Linux's /proc (the root injectable, as procfs's NewFS(mountPoint)),
+// `ps-port.ts` one `ps` snapshot (macOS); `default-port.ts` picks one (--process-source).
 //
 // The rule every reader keeps: unreadable is "unknown", never "dead". identity() says `gone`
 // only when the process provably does not exist; anything else it cannot read is `unknown`.
@@ -53,8 +54,8 @@ export interface ProcessTableResult {
 
 export interface ProcessPort {
   /** Which implementation: shown by `doctor` and in errors. */
-  readonly kind: 'proc';
-  /** What it reads (the /proc root). */
+  readonly kind: 'proc' | 'ps';
+  /** What it reads (the proc root, or the ps binary). */
   readonly root: string;
   /** One pass over every process (stat; argv; details for the selected ones). Never throws. */
   table(opts?: TableOptions): ProcessTableResult;

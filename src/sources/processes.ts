@@ -357,6 +357,15 @@ function readMemAvailable(procRoot: string): number | null {
   }
 }
 
+/** A proc filesystem at `procRoot`: it lists at least one process directory (or `self`). */
+export function procAvailable(procRoot: string = DEFAULT_PROC_ROOT): boolean {
+  try {
+    return readdirSync(procRoot).some((n) => n === 'self' || /^\d+$/.test(n));
+  } catch {
+    return false;
+  }
+}
+
 /** The Linux implementation of the process-table port: /proc under `procRoot`. */
 export function procPort(procRoot: string = DEFAULT_PROC_ROOT): ProcessPort {
   return {

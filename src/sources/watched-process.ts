@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { isDead } from '../core/process-tree.js';
 import type { ProcessPort } from './process-port.js';
-import { procPort } from './processes.js';
+import { defaultProcessPort } from './default-port.js';
 
 export interface WatchedProcess {
   name: string;
@@ -29,7 +29,7 @@ export function parsePidText(text: string): number | null {
   }
 }
 
-export function watchedProcess(spec: string, processes: ProcessPort = procPort()): WatchedProcess {
+export function watchedProcess(spec: string, processes: ProcessPort = defaultProcessPort()): WatchedProcess {
   const { name, pidFile } = parseWatchSpec(spec);
   return {
     name,

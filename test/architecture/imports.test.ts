@@ -2,6 +2,7 @@
 // lower layer up into a higher one, and /proc named only by the Linux process source. The README's
 // "Layout" section is the map this test keeps honest.
 
+import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -113,5 +114,24 @@ describe('the shape of src/', () => {
     expect(layerOf(planted[0]!)! >= layerOf('core/x.ts')!).toBe(true);
     expect(/['"`]\/proc(\/|['"`])/.test(code("const p = `/proc/${pid}/stat`;"))).toBe(true);
     expect(/['"`]\/proc(\/|['"`])/.test(code('// reads /proc/<pid>/stat'))).toBe(false);
+  });
+});
+
+describe('macOS', () => {
+  it('the in-process guard (Python) has no Linux-only path: it never reads /proc', () => {
+    const guard = readFileSync(join(SRC, '..', 'deploy', 'stepwise', 'stepwise_release_guard.py'), 'utf8');
+    expect(guard.length).toBeGreaterThan(1000);
+    expect(guard).not.toMatch(/\/proc\b/);
+  });
+
+  it('the launchd user agent is a valid plist that runs the sidecar through ps at login', () => {
+    const file = join(SRC, '..', 'deploy', 'launchd', 'dev.stepwise.watchdog.plist');
+    const out = execFileSync('python3', ['-c', 'import json,plistlib,sys; print(json.dumps(plistlib.load(open(sys.argv[1], "rb"))))', file], { encoding: 'utf8' });
+    const plist = JSON.parse(out) as { Label: string; ProgramArguments: string[]; RunAtLoad: boolean; KeepAlive: { SuccessfulExit: boolean } };
+    expect(plist.Label).toBe('dev.stepwise.watchdog');
+    expect(plist.ProgramArguments.slice(2, 3)).toEqual(['run']);
+    expect(plist.ProgramArguments.join(' ')).toContain('--process-source ps');
+    expect(plist.RunAtLoad).toBe(true);
+    expect(plist.KeepAlive.SuccessfulExit).toBe(false);
   });
 });

@@ -7,6 +7,7 @@ import { totals } from '../../core/report.js';
 import type { ProjectInventory } from '../../core/types.js';
 import { hooksInstalled } from '../../hooks/install.js';
 import { runtimeFromConfig } from '../../session/runtime.js';
+import { lsofAvailable } from '../../sources/ps-port.js';
 import { configFrom, openSessions } from '../context.js';
 import { EXIT, type CliIO } from '../io.js';
 import { guardStatus, resolveEnv, sessionClosingText } from './guard.js';
@@ -67,7 +68,13 @@ export default async function doctor(opts: Record<string, unknown>, io: CliIO): 
           : { name: 'pids folder', level: 'fail', detail: pf?.error ?? 'not read' },
       );
       const procs = inv.sources.processes;
-      if (procs && !procs.ok) checks.push({ name: 'processes', level: 'fail', detail: procs.error ?? 'process table unreadable' });
+      if (procs && !procs.ok) checks.push({ name: 'processes', level: 'fail', detail: `${runtime.processes.kind}: ${procs.error ?? 'process table unreadable'}` });
+      else {
+        // Reading ps (macOS): identity is weaker (start second + args digest), no swap, cwd via lsof.
+        const ps = runtime.processes.kind === 'ps';
+        const lsof = ps ? (lsofAvailable() ? '; lsof found (server cwd)' : '; lsof not found: the server cwd is unknown, give --pids-dir') : '';
+        checks.push({ name: 'processes', level: ps && !lsof.includes('found (') ? 'warn' : 'ok', detail: `${runtime.processes.kind} (${runtime.processSourceWhy})${lsof}` });
+      }
       const hooks = hooksInstalled(path.join(inv.root, '.stepwise', 'hooks'));
       const hooked = Object.entries(hooks).filter(([, v]) => v).map(([k]) => k);
       checks.push({

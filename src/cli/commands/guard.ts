@@ -11,12 +11,12 @@ import {
   type PythonEnv,
 } from '../../guard/python-env.js';
 import type { ProcessPort } from '../../sources/process-port.js';
-import { procPort } from '../../sources/processes.js';
+import { defaultProcessPort } from '../../sources/default-port.js';
 import { findProjectRoot, readServerPidFile } from '../../sources/project.js';
 import { EXIT, UserError, type CliIO } from '../io.js';
 
 /** The live server of the project found from the cwd or --project, if any: its argv and cwd. */
-export function liveServer(opts: Record<string, unknown>, io: CliIO, processes: ProcessPort = procPort()): { pid: number; argv: string[]; cwd: string | null; root: string } | null {
+export function liveServer(opts: Record<string, unknown>, io: CliIO, processes: ProcessPort = defaultProcessPort()): { pid: number; argv: string[]; cwd: string | null; root: string } | null {
   let root: string;
   try {
     const given = (opts.project as string[] | undefined)?.[0];

@@ -31,7 +31,15 @@ import { dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { FakeAcpConfig, FakeChildConfig } from './fake-adapter-child.js';
-import { procPort, readIdentity, sameProcess, type LiveIdentity } from '../../sources/processes.js';
+import { defaultProcessPort } from '../../sources/default-port.js';
+import { sameIdentity as sameProcess } from '../../core/process-tree.js';
+import type { LiveIdentity } from '../../core/types.js';
+
+/** One pid's identity now, through the default process port (/proc on Linux, ps elsewhere); null when gone or unknown. */
+function identityNow(pid: number): LiveIdentity | null {
+  const r = defaultProcessPort().identity(pid);
+  return r.kind === 'live' ? r.id : null;
+}
 
 /** Keep in sync with fake-adapter-child.ts. */
 const FAKE_ADAPTER_ENV = 'STEPWISE_FAKE_ADAPTER_CONFIG';
@@ -215,7 +223,7 @@ function trySignal(pid: number, signal: NodeJS.Signals): void {
 }
 
 function stillSame(id: LiveIdentity): LiveIdentity | null {
-  const now = readIdentity(id.pid);
+  const now = identityNow(id.pid);
   return now && sameProcess(now, id) ? now : null;
 }
 
@@ -498,7 +506,7 @@ function launch(cfg: FakeChildConfig, script: string, topArgv: string[], parent:
     );
   }
   const helperPid = child.pid;
-  return { child, helperPid, helperId: helperPid !== undefined ? readIdentity(helperPid) : null };
+  return { child, helperPid, helperId: helperPid !== undefined ? identityNow(helperPid) : null };
 }
 
 function resolveCommon(opts: FakeTreeOptions) {
@@ -565,7 +573,7 @@ async function spawnGenericTree(opts: FakeTreeOptions): Promise<FakeTree> {
   }
   channel.destroy();
   const pids = reportedPids(msg);
-  const identities = pids.map((pid) => readIdentity(pid));
+  const identities = pids.map((pid) => identityNow(pid));
   const extra = parent === 'non-reaping' && helperId ? [helperId] : [];
   const known = identities.filter((i): i is LiveIdentity => i !== null);
   if (typeof msg.error === 'string' || pids.length !== depth || known.length !== depth) {
@@ -662,7 +670,7 @@ async function spawnAcpTree(opts: FakeTreeOptions): Promise<FakeTree> {
     throw e;
   }
   const levelPids = reportedPids(msg);
-  const levelIds = levelPids.map((pid) => readIdentity(pid)).filter((i): i is LiveIdentity => i !== null);
+  const levelIds = levelPids.map((pid) => identityNow(pid)).filter((i): i is LiveIdentity => i !== null);
   if (typeof msg.error === 'string' || msg.fake !== 'ready' || levelPids.length !== 3 || levelIds.length !== 3) {
     killIdentities([...levelIds, ...extra], levelPids[0]);
     channel.destroy();
@@ -704,7 +712,7 @@ async function spawnAcpTree(opts: FakeTreeOptions): Promise<FakeTree> {
       const params = o.load ? { sessionId, cwd: sessionCwd, mcpServers: [] } : { cwd: sessionCwd, mcpServers: [], _meta: { sessionId } };
       const res = await channel.request(o.load ? 'session/load' : 'session/new', params, readyTimeoutMs);
       const pid = (res._meta as { pid?: unknown } | undefined)?.pid;
-      const identity = typeof pid === 'number' ? readIdentity(pid) : null;
+      const identity = typeof pid === 'number' ? identityNow(pid) : null;
       if (typeof pid !== 'number' || !identity) throw new Error(`fake adapter: session ${sessionId}: no CLI process (${JSON.stringify(res)})`);
       all.push(identity);
       const s: FakeSession = { sessionId: String(res.sessionId ?? sessionId), pid, identity, cwd: sessionCwd };
@@ -724,7 +732,7 @@ async function spawnAcpTree(opts: FakeTreeOptions): Promise<FakeTree> {
       trySignal(top.pid, signal);
       if (!(await waitFor(() => goneOrZombie(top), 5000))) throw new Error(`fake adapter: the top ${top.pid} survived ${signal}`);
       // npm takes its shell with it on SIGTERM; the adapter is then reparented.
-      if (signal === 'SIGTERM') await waitFor(() => goneOrZombie(sh) && readIdentity(adapter.pid)?.ppid !== sh.pid, 2000);
+      if (signal === 'SIGTERM') await waitFor(() => goneOrZombie(sh) && identityNow(adapter.pid)?.ppid !== sh.pid, 2000);
       levels = levels.filter((i) => !goneOrZombie(i));
     },
     async closeStdin() {
@@ -808,8 +816,8 @@ export async function spawnZombie(opts: FakeZombieOptions = {}): Promise<FakeZom
     zombiePid = pid;
     // The parent must have become node (exec) and the child must have exited.
     const ok = await waitFor(() => {
-      const z = readIdentity(pid);
-      const p = readIdentity(parentPid);
+      const z = identityNow(pid);
+      const p = identityNow(parentPid);
       return z !== null && z.state === 'Z' && z.ppid === parentPid && p !== null && readArgv(parentPid).includes('zombie-parent');
     }, readyTimeoutMs);
     if (!ok) throw new Error(`spawnZombie: pid ${pid} did not become a zombie of ${parentPid}`);
@@ -819,8 +827,8 @@ export async function spawnZombie(opts: FakeZombieOptions = {}): Promise<FakeZom
     throw e;
   }
   channel.destroy();
-  const parentId = readIdentity(parentPid);
-  const zombieId = readIdentity(zombiePid);
+  const parentId = identityNow(parentPid);
+  const zombieId = identityNow(zombiePid);
   const ids = [parentId, zombieId].filter((i): i is LiveIdentity => i !== null);
   const killSync = (): void => {
     if (parentId && stillSame(parentId)) trySignal(parentPid, 'SIGKILL');
@@ -843,5 +851,5 @@ export async function spawnZombie(opts: FakeZombieOptions = {}): Promise<FakeZom
 }
 
 function readArgv(pid: number): string[] {
-  return procPort().argv(pid) ?? [];
+  return defaultProcessPort().argv(pid) ?? [];
 }
