@@ -182,7 +182,6 @@ interface Stage {
   sleep: (ms: number) => Promise<void>;
   pollMs: number;
   signal: AbortSignal | undefined;
-  groupMembers: (pgid: number) => LiveIdentity[] | null;
   protectedPids: ReadonlySet<number>;
 }
 
@@ -194,7 +193,6 @@ function stageOf(deps: KillStageDeps): Stage {
     sleep: deps.sleep ?? defaultSleep,
     pollMs: deps.pollMs ?? 50,
     signal: deps.signal,
-    groupMembers: (pgid: number) => processes.groupMembers(pgid),
     protectedPids: new Set(deps.protectedPids ?? [process.pid, process.ppid]),
   };
 }
@@ -268,6 +266,21 @@ function current(stage: Stage, t: Target): LiveIdentity | null {
 type GroupSignals = KillTreeResult['groupSignals'];
 
 /**
+ * Would a signal to group `pgid` reach pid 1 or a protected process (the watchdog, its parent)?
+ * Asked of those few processes directly — their group ids, read now — rather than by listing the
+ * group's members, which costs a read of every process on the host. null: it would not; else why
+ * the group is not signalled (a protected process that cannot be read counts as reached).
+ */
+function groupReachesProtected(stage: Stage, pgid: number): string | null {
+  for (const pid of new Set([1, ...stage.protectedPids])) {
+    const r = stage.identity(pid);
+    if (r.kind === 'unknown') return `protected pid ${pid} could not be read (${r.error})`;
+    if (r.kind === 'live' && !isDead(r.id) && r.id.pgid === pgid) return `it holds protected pid ${pid}`;
+  }
+  return null;
+}
+
+/**
  * Stage 2: one signal to the tree's own group (when `pgid` is given: the top pid, carried by a
  * verified member, so not reusable) and to every verified target outside it, each re-read right
  * before its signal. `pgid` null: every target individually (a session inside a live adapter).
@@ -280,8 +293,7 @@ function signalTargets(stage: Stage, targets: readonly Target[], sig: SignalName
     if (inGroup.length > 0) {
       // Its members are all descendants of our session leader. Still, never send a group signal
       // that would reach a protected process.
-      const members = stage.groupMembers(pgid);
-      const blocked = members === null ? 'its members could not be listed' : members.some((m) => m.pid <= 1 || stage.protectedPids.has(m.pid)) ? 'it holds a protected process' : null;
+      const blocked = groupReachesProtected(stage, pgid);
       if (blocked === null) {
         try {
           stage.kill(-pgid, sig);

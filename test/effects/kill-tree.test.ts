@@ -46,6 +46,45 @@ function recordingKill(calls: { pid: number; sig: SignalName }[], inner?: (pid: 
 
 const recheck = (action: KillTreeAction) => () => recheckTree(session, action, ctx);
 
+describe('the group signal never reaches a protected process', () => {
+  // A group signal reaches every member, listed or not: the protected processes' own groups are
+  // read right before it (not the whole host), and a protected process that cannot be read counts
+  // as reached. The tree is then signalled process by process, each re-identified.
+  const portWith = (protectedPid: number, read: 'in-group' | 'unknown', pgid: number): ProcessPort => {
+    const real = procPort();
+    return {
+      ...real,
+      identity: (pid) =>
+        pid !== protectedPid
+          ? real.identity(pid)
+          : read === 'unknown'
+            ? { kind: 'unknown', error: 'EACCES' }
+            : { kind: 'live', id: { pid, startTicks: 1, state: 'S', ppid: 1, pgid, sid: pgid } },
+    };
+  };
+
+  for (const read of ['in-group', 'unknown'] as const) {
+    it(`a protected process ${read === 'in-group' ? 'in the group' : 'that cannot be read'}: no group signal, every process signalled alone`, async () => {
+      const a = await project.spawnAdapter({ job: { status: 'failed', failReason: 'abandoned' } });
+      const action = actionFor(a.tree.topPid);
+      const calls: { pid: number; sig: SignalName }[] = [];
+      const fakeProtected = 4_000_000; // not a real pid: only the port says where it is
+      const r = await killTree(action, {
+        recheck: recheck(action),
+        kill: recordingKill(calls),
+        killWaitMs: 3000,
+        processes: portWith(fakeProtected, read, a.tree.topPid),
+        protectedPids: [process.pid, process.ppid, fakeProtected],
+      });
+      expect(r.outcome).toBe('ok');
+      expect(calls.some((c) => c.pid < 0)).toBe(false);
+      expect(calls.map((c) => c.pid).sort()).toEqual([...a.tree.pids].sort());
+      expect(r.processes.every((p) => p.note?.includes(`group ${a.tree.topPid} not signalled`))).toBe(true);
+      for (const id of a.tree.identities) expect(goneOrZombie(id)).toBe(true);
+    });
+  }
+});
+
 describe('killTree', () => {
   it('reaps a leaked tree: group SIGTERM, every process gone, memory counted', async () => {
     const a = await project.spawnAdapter({ job: { status: 'failed', failReason: 'abandoned' }, tree: { holdMb: 8 } });
