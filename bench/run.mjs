@@ -42,7 +42,7 @@ const keep = argv.includes('--keep');
 const only = (argv.find((a) => a.startsWith('--only=')) ?? '').slice('--only='.length).split(',').filter(Boolean);
 const want = (section) => only.length === 0 || only.includes(section);
 if (argv.includes('--help') || argv.includes('-h')) {
-  process.stdout.write(`usage: node bench/run.mjs [--quick] [--only=cycle,daemon,latency,soak] [--keep]
+  process.stdout.write(`usage: node bench/run.mjs [--quick] [--only=cycle,daemon,latency,reap,soak] [--keep]
   --quick   scaled down (1,000 processes, 100k-run store, fewer samples): under a minute
   --only    run only these sections (the synthetic host is always built for cycle/daemon)
   --keep    keep the temporary work folder (logs, audit trails)
@@ -68,6 +68,7 @@ const CFG = quick
       latencySettleMs: 300,
       daemonVariants: ['big', 'big-tuned'],
       soakVariants: ['default'],
+      reapTrees: 50,
       soakJobs: 1_000,
       soakJobsPerTree: 10,
       soakBatch: 25,
@@ -92,6 +93,7 @@ const CFG = quick
       latencySettleMs: 500,
       daemonVariants: ['big', 'small', 'big-tuned'],
       soakVariants: ['default', 'tuned'],
+      reapTrees: 50,
       soakJobs: 100_000,
       soakJobsPerTree: 20,
       soakBatch: 50,
@@ -422,6 +424,13 @@ try {
       const r = await measureLatency({ mode, reps: CFG.latencyReps, interval: CFG.latencyInterval, settleMs: CFG.latencySettleMs, workDir, historyFile: smallHistory.file, lifetimeSeconds: CFG.lifetimeSeconds, log });
       results.latency.modes[mode] = { ...r, p50: ms(r.p50), p95: ms(r.p95), min: ms(r.min), max: ms(r.max), mean: ms(r.mean) };
     }
+  }
+
+  if (want('reap')) {
+    await fillTo(fillers, CFG.procs);
+    const { reapThroughput } = await import('./lib/reap.mjs');
+    log(`reap: ${CFG.reapTrees} leaked trees at once on ${countProcesses()} processes…`);
+    results.reap = { processesAtStart: countProcesses(), ...(await reapThroughput({ trees: CFG.reapTrees, workDir, historyFile: smallHistory.file, lifetimeSeconds: CFG.lifetimeSeconds, log })) };
   }
 
   if (want('soak')) {

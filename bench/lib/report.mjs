@@ -42,6 +42,13 @@ export function targets(r) {
       out.push({ target: `detection latency p95 ≤ 1 s (${mode})`, value: `${f(l.p95)} ms`, met: l.p95 <= 1000 });
     }
   }
+  if (r.reap) {
+    out.push({
+      target: `${r.reap.trees} leaked trees reaped at once: wall ≤ 10 s, CPU ≤ 20 ms per tree`,
+      value: `${f(r.reap.wallMs / 1000, 2)} s wall, ${f(r.reap.cpuMsPerTree)} ms CPU per tree (${r.reap.ok}/${r.reap.planned} ok, ${r.reap.processesAtStart} processes)`,
+      met: r.reap.ok === r.reap.trees && r.reap.wallMs <= 10_000 && r.reap.cpuMsPerTree <= 20,
+    });
+  }
   for (const [variant, s] of Object.entries(r.soak ?? {})) {
     out.push({
       target: `soak: daemon RSS within ±5 % after warm-up (${variant === 'default' ? 'default node flags' : s.nodeFlags.join(' ')})`,
