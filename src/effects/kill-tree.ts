@@ -183,7 +183,6 @@ interface Stage {
   sleep: (ms: number) => Promise<void>;
   pollMs: number;
   signal: AbortSignal | undefined;
-  groupMembers: (pgid: number) => LiveIdentity[] | null;
   protectedPids: ReadonlySet<number>;
 }
 
@@ -195,7 +194,6 @@ function stageOf(deps: KillStageDeps): Stage {
     sleep: deps.sleep ?? defaultSleep,
     pollMs: deps.pollMs ?? 50,
     signal: deps.signal,
-    groupMembers: (pgid: number) => processes.groupMembers(pgid),
     protectedPids: new Set(deps.protectedPids ?? [process.pid, process.ppid]),
   };
 }
@@ -269,6 +267,21 @@ function current(stage: Stage, t: Target): LiveIdentity | null {
 type GroupSignals = KillTreeResult['groupSignals'];
 
 /**
+ * Why a signal to group `pgid` could reach a protected process (pid 1, the watchdog, its
+ * ancestors), or null. Asked of those few processes directly — their own group id, read now —
+ * instead of listing the group's members: exact, and it never reads the host. Unreadable is
+ * unknown, so it blocks the group signal (the members are then signalled one by one).
+ */
+function protectedInGroup(stage: Stage, pgid: number): string | null {
+  for (const pid of [1, ...stage.protectedPids]) {
+    const read = stage.identity(pid);
+    if (read.kind === 'unknown') return `protected pid ${pid} could not be read`;
+    if (read.kind === 'live' && !isDead(read.id) && read.id.pgid === pgid) return 'it holds a protected process';
+  }
+  return null;
+}
+
+/**
  * Stage 2: one signal to the tree's own group (when `pgid` is given: the top pid, carried by a
  * verified member, so not reusable) and to every verified target outside it, each re-read right
  * before its signal. `pgid` null: every target individually (a session inside a live adapter).
@@ -281,8 +294,7 @@ function signalTargets(stage: Stage, targets: readonly Target[], sig: SignalName
     if (inGroup.length > 0) {
       // Its members are all descendants of our session leader. Still, never send a group signal
       // that would reach a protected process.
-      const members = stage.groupMembers(pgid);
-      const blocked = members === null ? 'its members could not be listed' : members.some((m) => m.pid <= 1 || stage.protectedPids.has(m.pid)) ? 'it holds a protected process' : null;
+      const blocked = protectedInGroup(stage, pgid);
       if (blocked === null) {
         try {
           stage.kill(-pgid, sig);

@@ -9,7 +9,7 @@
 
 import { isDead } from '../core/process-tree.js';
 import type { ClockInfo, LiveIdentity, ProcessIdentity } from '../core/types.js';
-import type { ProcessTableResult, ReadProcessTableOptions } from './processes.js';
+import type { ChildrenRead, ProcessTableResult, ReadProcessTableOptions } from './processes.js';
 
 export type { LiveIdentity };
 
@@ -26,8 +26,16 @@ export interface ProcessPort {
   /** One pass over every process (stat; argv; details for the selected ones). Never throws. */
   table(opts?: TableOptions): ProcessTableResult;
   identity(pid: number): IdentityRead;
-  /** Live (non-zombie) members of a process group; null when the table cannot be read. */
-  groupMembers(pgid: number): LiveIdentity[] | null;
+  /**
+   * Live (non-zombie) members of a process group; null when that cannot be told. With `known`
+   * (pids that are or were members), only those, the group id and their descendants are read
+   * when the kernel provides children files (else every pid): see processes.ts.
+   */
+  groupMembers(pgid: number, known?: readonly number[]): LiveIdentity[] | null;
+  /** The live children of one process (task/<tid>/children); `gone`, or `unknown` when unreadable or unsupported. */
+  children(pid: number): ChildrenRead;
+  /** Whether the kernel provides children files: targeted reads need them (else full scans). */
+  childrenSupported(): boolean;
   /** argv of one process; null when gone or unreadable. */
   argv(pid: number): string[] | null;
   /** Working directory of one process; null when gone or unreadable. */
