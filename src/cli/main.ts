@@ -109,6 +109,7 @@ export function buildProgram(io: CliIO, setCode: (code: number) => void): Comman
     .option('--watch-process <name=pidfile>', 'also export memory and growth of another long-lived process (repeatable)', collect)
     .option('--kill-wait <seconds>', 'wait between SIGTERM and SIGKILL (default 5)')
     .option('--growth-window <seconds>', 'window of the server memory growth slope (default 3600)')
+    .option('--full-sweep-seconds <seconds>', 'seconds between full process-table sweeps; cycles in between read only the processes that can matter (default 60; 0: every cycle)')
     .option('--allow-other-uids', 'allow signalling processes of another uid (off by default)')
     .action(lazy(() => import('./commands/run.js')));
 

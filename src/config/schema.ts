@@ -53,6 +53,8 @@ export const configSchema = z
     watchProcess: z.array(watchProcess).default([]),
     allowOtherUids: z.boolean().default(false),
     growthWindow: seconds('growth window').min(60, 'growth window must be at least 60 s').default(3600),
+    /** Seconds between full sweeps of the process table (cycles in between read only what can matter); 0: every cycle. */
+    fullSweepSeconds: seconds('full sweep').default(60),
   })
   .strict();
 
@@ -83,6 +85,7 @@ const ENV_KEYS: Record<string, keyof ConfigInput> = {
   STEPWISE_WATCHDOG_WATCH_PROCESS: 'watchProcess',
   STEPWISE_WATCHDOG_ALLOW_OTHER_UIDS: 'allowOtherUids',
   STEPWISE_WATCHDOG_GROWTH_WINDOW: 'growthWindow',
+  STEPWISE_WATCHDOG_FULL_SWEEP_SECONDS: 'fullSweepSeconds',
   // stepwise's own variable for the store path.
   STEPWISE_DB: 'db',
 };

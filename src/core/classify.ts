@@ -169,7 +169,7 @@ export function classify(input: ClassifyInput): ProjectInventory {
   }
 
   const { clock } = input.processes;
-  const index = indexProcesses(input.processes.processes);
+  const index = indexProcesses(input.processes.processes, input.processes.remembered);
   const slack = comparisonSlack(clock, policy.clockToleranceSeconds);
   const serverPid = input.server.alive && input.server.identity ? input.server.identity.pid : null;
   const claimed = new Set<number>();

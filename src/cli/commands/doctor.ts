@@ -68,6 +68,11 @@ export default async function doctor(opts: Record<string, unknown>, io: CliIO): 
       );
       const procs = inv.sources.processes;
       if (procs && !procs.ok) checks.push({ name: 'processes', level: 'fail', detail: procs.error ?? 'process table unreadable' });
+      checks.push(
+        session.processes.childrenSupported()
+          ? { name: 'targeted', level: 'ok', detail: `the kernel provides /proc/<pid>/task/<tid>/children: cycles read only the processes that can matter, with a full sweep every ${config.fullSweepSeconds} s` }
+          : { name: 'targeted', level: 'info', detail: 'no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN): every cycle reads every process (full scan)' },
+      );
       const hooks = hooksInstalled(path.join(inv.root, '.stepwise', 'hooks'));
       const hooked = Object.entries(hooks).filter(([, v]) => v).map(([k]) => k);
       checks.push({
