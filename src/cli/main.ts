@@ -110,6 +110,7 @@ export function buildProgram(io: CliIO, setCode: (code: number) => void): Comman
     .option(...optionText('watchProcess'), collect)
     .option(...optionText('killWait'))
     .option(...optionText('growthWindow'))
+    .option(...optionText('fullSweepSeconds'))
     .option(...optionText('allowOtherUids'))
     .action(lazy(() => import('./commands/run.js')));
 

@@ -56,6 +56,8 @@ export const configSchema = z
     watchProcess: z.array(watchProcess).default([]),
     allowOtherUids: z.boolean().default(false),
     growthWindow: seconds('growth window').min(60, 'growth window must be at least 60 s').default(3600),
+    /** Seconds between full sweeps of the process table (cycles in between read only what can matter); 0: every cycle. */
+    fullSweepSeconds: seconds('full sweep').default(60),
   })
   .strict();
 
@@ -87,6 +89,7 @@ const OPTION_TEXT = {
   logLevel: { flag: '--log-level <level>', help: LOG_LEVELS.join('|') },
   watchProcess: { flag: '--watch-process <name=pidfile>', help: 'also export memory and growth of another long-lived process (repeatable)' },
   growthWindow: { flag: '--growth-window <seconds>', help: 'window of the server memory growth slope' },
+  fullSweepSeconds: { flag: '--full-sweep-seconds <seconds>', help: 'seconds between full process-table sweeps; cycles in between read only the processes that can matter (0: every cycle)' },
 } satisfies Partial<Record<keyof Config, { flag: string; help: string; defaultText?: string }>>;
 
 export type OptionKey = keyof typeof OPTION_TEXT;
@@ -129,6 +132,7 @@ const ENV_KEYS: Record<string, keyof ConfigInput> = {
   STEPWISE_WATCHDOG_WATCH_PROCESS: 'watchProcess',
   STEPWISE_WATCHDOG_ALLOW_OTHER_UIDS: 'allowOtherUids',
   STEPWISE_WATCHDOG_GROWTH_WINDOW: 'growthWindow',
+  STEPWISE_WATCHDOG_FULL_SWEEP_SECONDS: 'fullSweepSeconds',
   // stepwise's own variable for the store path.
   STEPWISE_DB: 'db',
 };

@@ -120,7 +120,7 @@ export function classify(input: ClassifyInput): ProjectInventory {
     return inventory;
   }
   const { clock } = input.processes;
-  const index = indexProcesses(input.processes.processes);
+  const index = indexProcesses(input.processes.processes, input.processes.remembered);
   const slack = comparisonSlack(clock, input.policy.clockToleranceSeconds);
   inventory.pidFiles = input.pidFiles.map((f) => judgePidFile(f, index, clock, slack));
   const { runsByPid, runsBySession } = indexRuns(runs, index, input.store !== null);

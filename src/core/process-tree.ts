@@ -1,4 +1,4 @@
-import type { ProcessIdentity, ProcessInfo, TreeProcess } from './types.js';
+import type { ProcessIdentity, ProcessInfo, RememberedMember, TreeProcess } from './types.js';
 
 /** A zombie (or a dead task still listed) has freed its memory: it counts as dead. */
 export function isDead(p: Pick<ProcessInfo, 'state'>): boolean {
@@ -24,9 +24,11 @@ export interface ProcessIndex {
   children: Map<number, ProcessInfo[]>;
   /** Live (non-zombie) members by process group id. */
   groups: Map<number, ProcessInfo[]>;
+  /** Live processes remembered as members of the tree of a top pid, with that top's start ticks. */
+  remembered: Map<number, { p: ProcessInfo; topStartTicks: number }[]>;
 }
 
-export function indexProcesses(processes: readonly ProcessInfo[]): ProcessIndex {
+export function indexProcesses(processes: readonly ProcessInfo[], remembered: readonly RememberedMember[] = []): ProcessIndex {
   const byPid = new Map<number, ProcessInfo>();
   const children = new Map<number, ProcessInfo[]>();
   const groups = new Map<number, ProcessInfo[]>();
@@ -36,7 +38,13 @@ export function indexProcesses(processes: readonly ProcessInfo[]): ProcessIndex 
     push(children, p.ppid, p);
     push(groups, p.pgid, p);
   }
-  return { byPid, children, groups };
+  const byTop = new Map<number, { p: ProcessInfo; topStartTicks: number }[]>();
+  for (const m of remembered) {
+    const p = byPid.get(m.pid);
+    // Only the same live process: a reused pid is someone else.
+    if (p && p.startTicks === m.startTicks && !isDead(p) && m.pid !== m.topPid) push(byTop, m.topPid, { p, topStartTicks: m.topStartTicks });
+  }
+  return { byPid, children, groups, remembered: byTop };
 }
 
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
@@ -56,7 +64,10 @@ export interface CollectOptions {
  * An adapter tree: the top process, all its live descendants by ppid (also those that left
  * the group or session), and, when the top leads its group, the other live members of that
  * group and their descendants (children that were reparented after their parent died stay in
- * the group). Zombies are not members: their memory is already freed.
+ * the group). Also the processes remembered as its members (index.remembered) while the tree is
+ * the same: its top the same live process, or, the top gone, its group (not reusable while live)
+ * still live — so a member that double-forked and setsid'd away stays in its tree. Zombies are
+ * not members: their memory is already freed.
  */
 export function collectTree(index: ProcessIndex, topPid: number, opts: CollectOptions): ProcessInfo[] {
   const out: ProcessInfo[] = [];
@@ -66,6 +77,10 @@ export function collectTree(index: ProcessIndex, topPid: number, opts: CollectOp
   if (top && !isDead(top) && !opts.exclude(topPid)) stack.push(top);
   if (opts.includeGroup) {
     for (const member of index.groups.get(topPid) ?? []) stack.push(member);
+  }
+  const topLive = top !== undefined && !isDead(top);
+  for (const r of index.remembered.get(topPid) ?? []) {
+    if (topLive ? r.topStartTicks === top.startTicks : (index.groups.get(topPid)?.length ?? 0) > 0) stack.push(r.p);
   }
   while (stack.length > 0) {
     const p = stack.pop()!;

@@ -87,6 +87,18 @@ export interface ClockInfo {
 export interface ProcessTable {
   processes: ProcessInfo[];
   clock: ClockInfo;
+  /**
+   * Tree members seen in earlier reads, by identity: a process that left its tree's ppid chain
+   * and group (double fork, setsid) stays in that tree while it is the same (pid, start ticks)
+   * and the tree is (its top the same process, or its group still live). Bounded by the caller.
+   */
+  remembered?: readonly RememberedMember[];
+}
+
+/** One process remembered as a member of the tree whose top is (topPid, topStartTicks). */
+export interface RememberedMember extends ProcessIdentity {
+  topPid: number;
+  topStartTicks: number;
 }
 
 export interface SourceHealth {

@@ -27,7 +27,8 @@ export { summarise } from './results.js';
 
 /** What executePlan needs of a project session (ProjectSession satisfies it). */
 export interface CollectingSession {
-  collect(nowEpochSeconds?: number): ProjectInventory;
+  /** `purpose: 'recheck'`: the re-verification right before a kill (reads what can matter, not the host). */
+  collect(nowEpochSeconds?: number, opts?: { purpose?: 'cycle' | 'recheck' }): ProjectInventory;
   readonly options: { policy: Policy };
   /** The process port the session reads: re-checks before a signal or an unlink read the same one. */
   readonly processes: ProcessPort;
@@ -53,7 +54,7 @@ export interface ExecuteOptions {
  * reapable) holds again now; the policy graces are re-checked for policy selections.
  */
 export function recheckTree(session: CollectingSession, action: KillTreeAction, ctx: PlanContext, seen?: (inv: ProjectInventory) => void): RecheckResult {
-  const inv = session.collect();
+  const inv = session.collect(undefined, { purpose: 'recheck' });
   seen?.(inv);
   const down = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'store' || name === 'processes'));
   if (down.length > 0) {
@@ -88,7 +89,7 @@ export function recheckTree(session: CollectingSession, action: KillTreeAction, 
  * lives on (not reaped whole, not foreign), no protection or adoption race in the way.
  */
 export function recheckSession(session: CollectingSession, action: KillSessionAction, ctx: PlanContext): SessionRecheckResult {
-  const inv = session.collect();
+  const inv = session.collect(undefined, { purpose: 'recheck' });
   const down = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'store' || name === 'processes'));
   if (down.length > 0) {
     return { refused: `re-verification: ${down.map(([, h]) => h.error ?? 'unreadable').join('; ')}: nothing signalled`, code: 'source_down' };

@@ -7,7 +7,7 @@ import { classify } from '../core/classify.js';
 import { isDead, matchesMarker } from '../core/process-tree.js';
 import { resolveServer } from '../core/server.js';
 import { startEpoch } from '../core/time.js';
-import type { Policy, ProjectInventory, SourceHealth } from '../core/types.js';
+import type { Policy, ProjectInventory, RememberedMember, SourceHealth } from '../core/types.js';
 import { readPidFiles } from '../sources/pid-files.js';
 import type { ProcessPort } from '../sources/process-port.js';
 import type { Runtime } from './runtime.js';
@@ -25,9 +25,28 @@ export interface ProjectSessionOptions {
   env?: NodeJS.ProcessEnv;
   storeBusyMs?: number;
   policy: Policy;
+  /**
+   * Seconds between full sweeps of the process table (every pid); cycles in between read only
+   * the processes that can matter (targeted). 0: every cycle is a full sweep. Default 60.
+   */
+  fullSweepSeconds?: number;
   /** Store reader tuning (tests, benchmarks): how long finished runs stay tracked, resync period. */
   storeOptions?: Partial<Pick<StoreReaderOptions, 'retainFinishedMs' | 'resyncIntervalMs'>>;
 }
+
+export const DEFAULT_FULL_SWEEP_SECONDS = 60;
+
+export interface CollectOptions {
+  /**
+   * 'recheck': the re-verification right before a kill — targeted whenever a full sweep was done
+   * before (never a sweep for its own sake: it reads the processes that can matter, not the host).
+   * Default 'cycle': a full sweep when one is due (period, first read, an inconsistent view).
+   */
+  purpose?: 'cycle' | 'recheck';
+}
+
+/** Why the last read swept the whole table (null: it was targeted). */
+export type SweepReason = 'first read' | 'period' | 'inconsistent' | 'no children files' | 'always' | null;
 
 export class ProjectSession {
   readonly paths: ProjectPaths;
@@ -50,23 +69,38 @@ export class ProjectSession {
     return this.paths.root;
   }
 
-  /** Read every source and classify. Never throws for a source failure. */
-  collect(nowEpochSeconds: number = Date.now() / 1000): ProjectInventory {
+  /**
+   * Read every source and classify. Never throws for a source failure.
+   *
+   * The process table is read in full (every pid) on the first call, every fullSweepSeconds and
+   * after an inconsistent targeted view; otherwise targeted: the server, the pids the store's
+   * runs and the pid files named last time, every tree member remembered by (pid, start time),
+   * their descendants (task/<tid>/children) and parents. A pid named now but not read (a new
+   * pid file, a run naming a process outside that set) makes the cycle read again with it.
+   */
+  collect(nowEpochSeconds: number = Date.now() / 1000, opts: CollectOptions = {}): ProjectInventory {
     const { policy } = this.options;
     const sources: Record<string, SourceHealth> = {};
 
     const serverFile = readServerPidFile(this.paths.serverPidPath);
     const serverPid = serverFile.pidFile?.pid ?? null;
 
+    const sweep = this.sweepReason(opts.purpose ?? 'cycle');
+    const seeds = sweep === null ? this.seeds(serverPid) : null;
     // Pid files can only be located once the server's cwd is known, but the process table read
     // wants their pids to decide which processes need details: read the default folder's names
     // first only when an override is given; otherwise details are chosen by marker and server.
     const procs = this.processes.table({
       argvCache: this.argvCache,
-      detailFor: (p) => p.pid === serverPid || p.ppid === serverPid || matchesMarker(p.argv, policy.markers) || this.interesting.has(p.pid) || this.interesting.has(p.pgid),
+      detailFor: (p) => p.pid === serverPid || p.ppid === serverPid || matchesMarker(p.argv, policy.markers) || this.interesting.has(p.pid) || this.interesting.has(p.pgid) || this.members.has(p.pid),
+      ...(seeds ? { targeted: { pids: seeds } } : {}),
     });
     sources.processes = procs.health;
-    const table = procs.health.ok || procs.table.processes.length > 0 ? procs.table : null;
+    const table = procs.health.ok || procs.table.processes.length > 0 ? { ...procs.table, remembered: [...this.members.values()] } : null;
+    const probed = procs.mode === 'targeted' ? (procs.probed ?? new Set<number>()) : null;
+    this.lastRead = { mode: procs.mode, sweepReason: procs.mode === 'full' ? (sweep ?? 'no children files') : null, processes: procs.table.processes.length };
+    if (procs.mode === 'full' && procs.health.ok) this.lastSweepAt = nowMs();
+    if (probed && table) this.noteInconsistency(table.processes, probed);
 
     const serverT0 = performance.now();
     if (table && serverPid !== null) {
@@ -118,20 +152,23 @@ export class ProjectSession {
 
     // Remember which pids the store ties to runs, so the process read details them too (uid,
     // swap). On a first read a run may name a process without a marker or pid file: read the
-    // table once more then, rather than judge a tree whose uid is unknown.
+    // table once more then, rather than judge a tree whose uid is unknown. A targeted read that
+    // did not look at a pid named now (a new pid file, a run) reads again with it.
     const runPids = new Set((storeRead.snapshot?.runs ?? []).flatMap((r) => [r.pid, r.pgid]).filter((p): p is number => p !== null));
     this.interesting = runPids;
+    this.filePids = new Set(pidFiles.entries.map((f) => f.pid).filter((p): p is number => p !== null));
     const undetailed = (table?.processes ?? []).some((p) => (runPids.has(p.pid) || runPids.has(p.pgid)) && !p.detailed && !isDead(p));
-    if (undetailed && !this.rereading) {
+    const unread = probed !== null && [...runPids, ...this.filePids, ...(serverPid !== null ? [serverPid] : [])].some((p) => p > 0 && !probed.has(p));
+    if ((undetailed || unread) && !this.rereading) {
       this.rereading = true;
       try {
-        return this.collect(nowEpochSeconds);
+        return this.collect(nowEpochSeconds, opts);
       } finally {
         this.rereading = false;
       }
     }
 
-    return classify({
+    const inv = classify({
       root: this.paths.root,
       pidsDir,
       dbPath: this.paths.dbPath,
@@ -143,6 +180,60 @@ export class ProjectSession {
       policy,
       now: nowEpochSeconds,
     });
+    if (table) this.remember(inv);
+    return inv;
+  }
+
+  /** What the last collect read: a full sweep (and why) or a targeted read; how many processes. */
+  lastRead: { mode: 'full' | 'targeted'; sweepReason: SweepReason; processes: number } | null = null;
+
+  /** Every process of every tree, by pid: the next targeted read starts from them (pruned every read). */
+  private members = new Map<number, RememberedMember & { pgid: number }>();
+  private filePids = new Set<number>();
+  private lastSweepAt: number | null = null;
+  private sweepDue = false;
+
+  private sweepReason(purpose: 'cycle' | 'recheck'): SweepReason {
+    const period = this.options.fullSweepSeconds ?? DEFAULT_FULL_SWEEP_SECONDS;
+    if (period <= 0) return 'always';
+    if (this.lastSweepAt === null) return 'first read';
+    if (purpose === 'recheck') return null;
+    if (this.sweepDue) return 'inconsistent';
+    if (nowMs() - this.lastSweepAt >= period * 1000) return 'period';
+    return null;
+  }
+
+  private seeds(serverPid: number | null): Set<number> {
+    const out = new Set<number>([...this.interesting, ...this.filePids, ...this.members.keys()]);
+    if (serverPid !== null) out.add(serverPid);
+    return out;
+  }
+
+  /**
+   * A targeted view that may miss something the full sweep would see: a remembered member gone
+   * (its children, if any, were reparented out of reach) or in another group or session than
+   * before. The next cycle sweeps.
+   */
+  private noteInconsistency(processes: readonly { pid: number; startTicks: number; pgid: number }[], probed: ReadonlySet<number>): void {
+    const byPid = new Map(processes.map((p) => [p.pid, p] as const));
+    for (const m of this.members.values()) {
+      const p = byPid.get(m.pid);
+      if (!probed.has(m.pid)) continue;
+      if (!p || p.startTicks !== m.startTicks || p.pgid !== m.pgid) {
+        this.sweepDue = true;
+        return;
+      }
+    }
+  }
+
+  private remember(inv: ProjectInventory): void {
+    const next = new Map<number, RememberedMember & { pgid: number }>();
+    for (const t of inv.adapters) {
+      if (t.verdict === 'in-vm' || !t.top) continue;
+      for (const p of t.processes) next.set(p.pid, { pid: p.pid, startTicks: p.startTicks, pgid: p.pgid, topPid: t.topPid, topStartTicks: t.top.startTicks });
+    }
+    this.members = next;
+    if (this.lastRead?.mode === 'full') this.sweepDue = false;
   }
 
   private interesting = new Set<number>();
@@ -151,6 +242,10 @@ export class ProjectSession {
   close(): void {
     this.store.close();
   }
+}
+
+function nowMs(): number {
+  return performance.now();
 }
 
 /** One session per project root, from the validated config (CLI commands and the daemon). */
@@ -171,6 +266,7 @@ export function sessionsFromConfig(
         processes,
         env,
         storeBusyMs: config.storeBusyMs,
+        fullSweepSeconds: config.fullSweepSeconds,
         policy,
         ...(storeOptions ? { storeOptions } : {}),
       }),

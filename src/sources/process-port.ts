@@ -14,6 +14,9 @@ import type { ArgvCache } from './argv-cache.js';
 
 export type { LiveIdentity };
 
+/** The live children of one process: their pids, the process gone, or unknown (unreadable or unsupported). */
+export type ChildrenRead = { kind: 'ok'; pids: number[] } | { kind: 'gone' } | { kind: 'unknown'; error: string };
+
 /** One pid, read now: live (zombies included: see `state`), provably gone, or unknown. */
 export type IdentityRead = { kind: 'live'; id: LiveIdentity } | { kind: 'gone' } | { kind: 'unknown'; error: string };
 
@@ -38,6 +41,12 @@ export interface TableOptions {
    * of a pass; most processes are the same from one cycle to the next.
    */
   argvCache?: ArgvCache;
+  /**
+   * Read only these pids, their descendants (through /proc/<pid>/task/<tid>/children) and the
+   * members of the groups they lead that are among those, instead of every pid. Ignored (a full
+   * scan, `mode: 'full'`) where the source cannot read children (no CONFIG_PROC_CHILDREN; ps).
+   */
+  targeted?: { pids: Iterable<number> };
 }
 
 export interface ProcessTableResult {
@@ -49,6 +58,13 @@ export interface ProcessTableResult {
    * treat them as "unknown", never as "dead".
    */
   unreadablePids: number[];
+  /** 'targeted' when only the asked pids and their descendants were read (see `probed`). */
+  mode: 'full' | 'targeted';
+  /**
+   * Targeted reads: every pid whose stat was tried. A probed pid absent from the table (and not
+   * in unreadablePids) provably does not exist; a pid not probed is simply not known.
+   */
+  probed?: ReadonlySet<number>;
 }
 
 
@@ -60,8 +76,16 @@ export interface ProcessPort {
   /** One pass over every process (stat; argv; details for the selected ones). Never throws. */
   table(opts?: TableOptions): ProcessTableResult;
   identity(pid: number): IdentityRead;
-  /** Live (non-zombie) members of a process group; null when the table cannot be read. */
-  groupMembers(pgid: number): LiveIdentity[] | null;
+  /**
+   * Live (non-zombie) members of a process group; null when that cannot be told. With `known`
+   * (pids that are or were members), only those, the group id and their descendants are read
+   * when the kernel provides children files (else every pid): see processes.ts.
+   */
+  groupMembers(pgid: number, known?: readonly number[]): LiveIdentity[] | null;
+  /** The live children of one process (task/<tid>/children); `gone`, or `unknown` when unreadable or unsupported. */
+  children(pid: number): ChildrenRead;
+  /** Whether the kernel provides children files: targeted reads need them (else full scans). */
+  childrenSupported(): boolean;
   /** argv of one process; null when gone or unreadable. */
   argv(pid: number): string[] | null;
   /** Working directory of one process; null when gone or unreadable. */

@@ -18,7 +18,9 @@ import { readFileSync, readdirSync, readlinkSync, openSync, readSync, closeSync 
 import { isDead, sameIdentity } from '../core/process-tree.js';
 import type { ClockInfo, LiveIdentity, ProcessInfo, ProcessTable, SourceHealth } from '../core/types.js';
 import { ArgvCache } from './argv-cache.js';
-import type { IdentityRead, ProcessPort, ProcessTableResult, TableOptions } from './process-port.js';
+import type { ChildrenRead, IdentityRead, ProcessPort, ProcessTableResult, TableOptions } from './process-port.js';
+
+export type { ChildrenRead };
 import { isKernelThread, parseBtime, parseCmdline, parseStat, parseStatusUidAndSwap, parseUptime } from './proc-stat.js';
 
 export const DEFAULT_PROC_ROOT = '/proc';
@@ -146,33 +148,34 @@ export function readProcessTable(opts: ReadProcessTableOptions = {}): ProcessTab
     firstError ??= error;
   };
 
-  let names: string[];
-  try {
-    names = readdirSync(procRoot);
-  } catch (err) {
-    return {
-      table: { processes, clock },
-      health: { ok: false, error: `processes down: cannot list ${procRoot} (${errorCode(err)})`, durationSeconds: (performance.now() - started) / 1000 },
-      unreadablePids: [],
-    };
+  const targeted = opts.targeted && childrenFilesSupported(procRoot) ? opts.targeted : null;
+  let names: string[] = [];
+  if (!targeted) {
+    try {
+      names = readdirSync(procRoot);
+    } catch (err) {
+      return {
+        table: { processes, clock },
+        health: { ok: false, error: `processes down: cannot list ${procRoot} (${errorCode(err)})`, durationSeconds: (performance.now() - started) / 1000 },
+        unreadablePids: [],
+        mode: 'full',
+      };
+    }
   }
 
-  // Pass 1: stat for every pid, cmdline for user processes.
+  // Pass 1: stat (and cmdline for user processes) for every pid, or for the targeted ones.
   const cache = opts.argvCache;
   cache?.beginPass();
-  for (const name of names) {
-    const c = name.charCodeAt(0);
-    if (c < 48 || c > 57 || !/^\d+$/.test(name)) continue;
-    const pid = Number(name);
-    const statRead = readText(`${procRoot}/${name}/stat`);
+  const readOne = (pid: number): ProcessInfo | null => {
+    const statRead = readText(`${procRoot}/${pid}/stat`);
     if (!statRead.ok) {
       if (!statRead.gone) fail(pid, statRead.error);
-      continue;
+      return null;
     }
     const s = parseStat(statRead.value);
     if (s === null || s.pid !== pid) {
-      fail(pid, `malformed ${procRoot}/${name}/stat`);
-      continue;
+      fail(pid, `malformed ${procRoot}/${pid}/stat`);
+      return null;
     }
     let argv: string[] = [];
     // Kernel threads and zombies have an empty cmdline: skip the read.
@@ -180,15 +183,15 @@ export function readProcessTable(opts: ReadProcessTableOptions = {}): ProcessTab
       const cached = cache?.get(pid, s.starttime, s.comm);
       if (cached) argv = cached;
       else {
-        const cmd = readBytes(`${procRoot}/${name}/cmdline`);
+        const cmd = readBytes(`${procRoot}/${pid}/cmdline`);
         if (cmd.ok) {
           argv = parseCmdline(cmd.value);
           cache?.set(pid, s.starttime, s.comm, argv);
-        } else if (cmd.gone) continue;
+        } else if (cmd.gone) return null;
         else fail(pid, cmd.error); // keep the process: its stat is good, its argv unknown
       }
     }
-    processes.push({
+    const p: ProcessInfo = {
       pid,
       startTicks: s.starttime,
       ppid: s.ppid,
@@ -200,7 +203,39 @@ export function readProcessTable(opts: ReadProcessTableOptions = {}): ProcessTab
       argv,
       rssBytes: s.rssPages * pageSize,
       swapBytes: 0,
-    });
+    };
+    processes.push(p);
+    return p;
+  };
+  let probed: Set<number> | undefined;
+  if (targeted) {
+    probed = new Set();
+    const stack = [...targeted.pids];
+    while (stack.length > 0) {
+      const pid = stack.pop()!;
+      if (!Number.isSafeInteger(pid) || pid <= 0 || probed.has(pid)) continue;
+      probed.add(pid);
+      const p = readOne(pid);
+      // Never walk down from pid 1 or kthreadd (that would be the whole host), nor a zombie.
+      if (p === null || pid <= 2 || isDead(p) || p.ppid === 2) continue;
+      const kids = readChildren(pid, procRoot);
+      if (kids.kind === 'unknown') fail(pid, kids.error);
+      else if (kids.kind === 'ok') for (const c of kids.pids) stack.push(c);
+    }
+    // The parent of every process read is read too (not its other children): who adopted an
+    // orphan (pid 1, a subreaper) and what a foreign tree's parent is are judged from it.
+    for (const p of [...processes]) {
+      if (p.ppid > 0 && !probed.has(p.ppid)) {
+        probed.add(p.ppid);
+        readOne(p.ppid);
+      }
+    }
+  } else {
+    for (const name of names) {
+      const c = name.charCodeAt(0);
+      if (c < 48 || c > 57 || !/^\d+$/.test(name)) continue;
+      readOne(Number(name));
+    }
   }
 
   cache?.endPass();
@@ -232,7 +267,7 @@ export function readProcessTable(opts: ReadProcessTableOptions = {}): ProcessTab
   if (clockError) problems.push(clockError);
   const health: SourceHealth = { ok: problems.length === 0, durationSeconds: (performance.now() - started) / 1000, unreadable: unreadable.length };
   if (problems.length > 0) health.error = `processes degraded: ${problems.join('; ')}`;
-  return { table: { processes: kept, clock }, health, unreadablePids: unreadable };
+  return { table: { processes: kept, clock }, health, unreadablePids: unreadable, mode: targeted ? 'targeted' : 'full', ...(probed ? { probed } : {}) };
 }
 
 function selectForDetails(
@@ -275,6 +310,59 @@ function selectForDetails(
   return selected;
 }
 
+const childrenSupport = new Map<string, boolean>();
+
+/**
+ * Does the kernel provide /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN, Linux ≥ 3.5
+ * with that option; every mainstream distribution kernel)? Probed once per root on our own main
+ * thread. Without it targeted reads fall back to a full scan.
+ */
+export function childrenFilesSupported(procRoot: string = DEFAULT_PROC_ROOT): boolean {
+  let known = childrenSupport.get(procRoot);
+  if (known === undefined) {
+    try {
+      readFileSync(`${procRoot}/${process.pid}/task/${process.pid}/children`, 'latin1');
+      known = true;
+    } catch {
+      known = false;
+    }
+    childrenSupport.set(procRoot, known);
+  }
+  return known;
+}
+
+
+/**
+ * The live children of one process: the union of its threads' children files (a child belongs to
+ * the thread that forked it). `gone` when the process does not exist; a thread that exits
+ * meanwhile is skipped (its children are reparented to another thread of the same process).
+ */
+export function readChildren(pid: number, procRoot: string = DEFAULT_PROC_ROOT): ChildrenRead {
+  let tids: string[];
+  try {
+    tids = readdirSync(`${procRoot}/${pid}/task`);
+  } catch (err) {
+    return vanished(err) ? { kind: 'gone' } : { kind: 'unknown', error: `${errorCode(err)} ${procRoot}/${pid}/task` };
+  }
+  const pids: number[] = [];
+  for (const tid of tids) {
+    let text: string;
+    try {
+      text = readFileSync(`${procRoot}/${pid}/task/${tid}/children`, 'latin1');
+    } catch (err) {
+      if (vanished(err)) continue;
+      return { kind: 'unknown', error: `${errorCode(err)} ${procRoot}/${pid}/task/${tid}/children` };
+    }
+    for (const part of text.split(' ')) {
+      if (part.length === 0) continue;
+      const n = Number(part);
+      if (Number.isSafeInteger(n) && n > 0) pids.push(n);
+      else return { kind: 'unknown', error: `malformed ${procRoot}/${pid}/task/${tid}/children` };
+    }
+  }
+  return { kind: 'ok', pids };
+}
+
 /** One stat read of one pid: live (zombies included), provably gone (ENOENT/ESRCH), or unknown. */
 export function readIdentityOf(pid: number, procRoot: string = DEFAULT_PROC_ROOT): IdentityRead {
   if (!Number.isSafeInteger(pid) || pid <= 0) return { kind: 'gone' };
@@ -308,8 +396,35 @@ export function readCwd(pid: number, procRoot: string = DEFAULT_PROC_ROOT): stri
   }
 }
 
-/** Live (non-zombie) members of a process group, from one stat pass; null when the root cannot be listed. */
-function groupMembersOf(pgid: number, procRoot: string): LiveIdentity[] | null {
+/**
+ * Live (non-zombie) members of a process group; null when that cannot be told. With `known`
+ * (pids that are or were members, e.g. a tree's processes) and children files: only those, the
+ * group id itself and their descendants are read — never the host. A member that is neither
+ * (reparented away from every known process) is not seen: callers only use this answer to
+ * refrain from something (a group signal, a pid-file removal) or re-identify each target by
+ * (pid, start time) themselves. Without `known`, or without children files: one stat pass over
+ * every pid.
+ */
+function groupMembersOf(pgid: number, procRoot: string, known?: readonly number[]): LiveIdentity[] | null {
+  if (known !== undefined && childrenFilesSupported(procRoot)) {
+    const out: LiveIdentity[] = [];
+    const seen = new Set<number>();
+    const stack = [pgid, ...known];
+    while (stack.length > 0) {
+      const pid = stack.pop()!;
+      if (seen.has(pid) || !Number.isSafeInteger(pid) || pid <= 0) continue;
+      seen.add(pid);
+      const r = readIdentityOf(pid, procRoot);
+      if (r.kind === 'unknown') return null;
+      if (r.kind === 'gone' || isDead(r.id)) continue;
+      if (r.id.pgid === pgid) out.push(r.id);
+      if (pid <= 2) continue;
+      const kids = readChildren(pid, procRoot);
+      if (kids.kind === 'unknown') return null;
+      if (kids.kind === 'ok') stack.push(...kids.pids);
+    }
+    return out;
+  }
   let names: string[];
   try {
     names = readdirSync(procRoot);
@@ -373,7 +488,9 @@ export function procPort(procRoot: string = DEFAULT_PROC_ROOT): ProcessPort {
     root: procRoot,
     table: (opts: TableOptions = {}) => readProcessTable({ ...opts, procRoot }),
     identity: (pid) => readIdentityOf(pid, procRoot),
-    groupMembers: (pgid) => groupMembersOf(pgid, procRoot),
+    groupMembers: (pgid, known) => groupMembersOf(pgid, procRoot, known),
+    children: (pid) => (childrenFilesSupported(procRoot) ? readChildren(pid, procRoot) : { kind: 'unknown', error: `no children files under ${procRoot} (CONFIG_PROC_CHILDREN)` }),
+    childrenSupported: () => childrenFilesSupported(procRoot),
     argv: (pid) => readArgv(pid, procRoot),
     cwd: (pid) => readCwd(pid, procRoot),
     memory: (pid) => readMemory(pid, procRoot),

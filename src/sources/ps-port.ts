@@ -132,12 +132,12 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
     const duration = () => (performance.now() - started) / 1000;
     if (!rows) {
       const health: SourceHealth = { ok: false, error: `processes down: ${'error' in s ? s.error : 'ps failed'}`, durationSeconds: duration() };
-      return { table: { processes: [], clock }, health, unreadablePids: [] };
+      return { table: { processes: [], clock }, health, unreadablePids: [], mode: 'full' };
     }
     const processes = rows.filter((r) => !isPsKernelThread(r)).map((r) => toInfo(r, clock.bootTimeEpoch));
     const health: SourceHealth = { ok: clockError === undefined, durationSeconds: duration(), unreadable: 0 };
     if (clockError) health.error = `processes degraded: ${clockError}`;
-    return { table: { processes, clock }, health, unreadablePids: [] };
+    return { table: { processes, clock }, health, unreadablePids: [], mode: 'full' };
   };
 
   /** One process now: live, provably gone (ps says no such pid), or unknown (ps failed). */
@@ -164,6 +164,14 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
       if (!t.health.ok && t.table.processes.length === 0) return null;
       return t.table.processes.filter((p) => p.pgid === pgid && !isDead(p)).map((p) => ({ pid: p.pid, startTicks: p.startTicks, state: p.state, ppid: p.ppid, pgid: p.pgid, sid: p.sid }));
     },
+    // ps reads the whole table in one call anyway: no targeted reads (every table is `full`).
+    children: (pid) => {
+      const t = table();
+      if (!t.health.ok && t.table.processes.length === 0) return { kind: 'unknown', error: t.health.error ?? 'ps failed' };
+      if (!t.table.processes.some((p) => p.pid === pid && !isDead(p))) return { kind: 'gone' };
+      return { kind: 'ok', pids: t.table.processes.filter((p) => p.ppid === pid && !isDead(p)).map((p) => p.pid) };
+    },
+    childrenSupported: () => false,
     argv: (pid) => {
       const r = one(pid);
       return r.kind === 'row' ? psArgv(r.row) : null;

@@ -75,6 +75,11 @@ export default async function doctor(opts: Record<string, unknown>, io: CliIO): 
         const lsof = ps ? (lsofAvailable() ? '; lsof found (server cwd)' : '; lsof not found: the server cwd is unknown, give --pids-dir') : '';
         checks.push({ name: 'processes', level: ps && !lsof.includes('found (') ? 'warn' : 'ok', detail: `${runtime.processes.kind} (${runtime.processSourceWhy})${lsof}` });
       }
+      checks.push(
+        session.processes.childrenSupported()
+          ? { name: 'targeted', level: 'ok', detail: `the kernel provides /proc/<pid>/task/<tid>/children: cycles read only the processes that can matter, with a full sweep every ${config.fullSweepSeconds} s` }
+          : { name: 'targeted', level: 'info', detail: 'no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN): every cycle reads every process (full scan)' },
+      );
       const hooks = hooksInstalled(path.join(inv.root, '.stepwise', 'hooks'));
       const hooked = Object.entries(hooks).filter(([, v]) => v).map(([k]) => k);
       checks.push({

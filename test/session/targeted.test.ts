@@ -1,0 +1,186 @@
+// Targeted reads (only the processes that can matter) against full sweeps (every pid), on the same
+// live host: fake trees in every state plus filler processes, real SQLite. And the escapee: a
+// member that leaves its tree's ppid chain, group and session stays in the tree.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { plan } from '../../src/core/plan.js';
+import { DEFAULT_POLICY, type AdapterTree, type ProjectInventory } from '../../src/core/types.js';
+import { selfPlanContext } from '../../src/effects/self.js';
+import { ProjectSession } from '../../src/session/project-session.js';
+import { childrenFilesSupported, readIdentity } from '../../src/sources/processes.js';
+import { createTempProject, waitUntil, type TempProject } from '../helpers/temp-project.js';
+
+const supported = childrenFilesSupported();
+const policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 60, terminalGraceSeconds: 30 };
+
+/** The inventory without timings: what a reader of `status` or the planner sees. */
+function shape(inv: ProjectInventory) {
+  const tree = (t: AdapterTree) => ({
+    top: `${t.topPid}:${t.top?.startTicks}`,
+    verdict: t.verdict,
+    reason: t.reason,
+    jobs: t.jobs.map((j) => `${j.id}:${j.status}`).sort(),
+    processes: t.processes.map((p) => `${p.pid}:${p.startTicks}:${p.ppid}:${p.pgid}:${p.uid}:${p.argv.join(' ')}`).sort(),
+    sessions: t.sessions.map((s) => `${s.sessionId}:${s.pid}:${s.verdict}`).sort(),
+    pidFile: t.pidFile,
+  });
+  return {
+    adapters: inv.adapters.map(tree).sort((a, b) => a.top.localeCompare(b.top)),
+    pidFiles: inv.pidFiles.map((f) => `${f.name}:${f.verdict}:${f.reason}`).sort(),
+    server: { alive: inv.server.alive, pid: inv.server.identity?.pid, cwd: inv.server.cwd },
+    sources: Object.fromEntries(Object.entries(inv.sources).map(([k, h]) => [k, h.ok])),
+    staleRuns: JSON.stringify(inv.staleRunningRuns),
+    startingRuns: JSON.stringify(inv.startingRuns),
+  };
+}
+
+describe.skipIf(!supported)('targeted reads give the same inventory as full sweeps', () => {
+  let project: TempProject;
+  const fillers: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    project = await createTempProject();
+    await project.spawnAdapter({ job: { status: 'failed', endedSecondsAgo: 120, failReason: 'abandoned' }, tree: { holdMb: 0 } }); // leaked
+    await project.spawnAdapter({ job: 'running', tree: { holdMb: 0 } }); // active
+    await project.spawnAdapter({ job: 'paused', tree: { holdMb: 0 } }); // paused
+    await project.spawnAdapter({ tree: { parent: 'orphan', holdMb: 0 } }); // orphaned (pid file only)
+    await project.spawnAdapter({ pidFile: false, tree: { holdMb: 0 } }); // foreign (marker only)
+    await project.spawnAdapter({ jobs: ['running', { status: 'failed', endedSecondsAgo: 120 }], sessions: true, extraSessions: 1, tree: { holdMb: 0 } });
+    const headless = await project.spawnAdapter({ job: 'running', sessions: true, tree: { holdMb: 0 } });
+    await headless.tree.killTop(); // a leaderless group: node and its CLI live on in the dead top's group
+    project.writePidFile(4_194_000); // a pid file naming no process (beyond the usual pid_max): stale-dead
+    project.addJob(4_194_001, 'running'); // a running run naming no process
+    for (let i = 0; i < 40; i++) fillers.push(spawn('sleep', ['300'], { stdio: 'ignore' }));
+    await waitUntil(() => fillers.every((f) => f.pid !== undefined && readIdentity(f.pid) !== null));
+  }, 120_000);
+  afterAll(async () => {
+    for (const f of fillers) f.kill('SIGKILL');
+    await project?.cleanup();
+  });
+
+  it('reads fewer processes and sees the same trees, verdicts, sessions, pid files and plan', () => {
+    const full = new ProjectSession({ root: project.root, policy, env: {}, fullSweepSeconds: 0 });
+    const targeted = new ProjectSession({ root: project.root, policy, env: {} });
+    try {
+      const now = Date.now() / 1000;
+      targeted.collect(now); // the first read is a full sweep: it finds the foreign tree
+      expect(targeted.lastRead).toMatchObject({ mode: 'full', sweepReason: 'first read' });
+      for (let i = 0; i < 2; i++) {
+        const a = full.collect(now);
+        expect(full.lastRead?.mode).toBe('full');
+        const b = targeted.collect(now);
+        expect(targeted.lastRead?.mode).toBe('targeted');
+        expect(targeted.lastRead!.processes).toBeLessThan(full.lastRead!.processes - 40);
+        expect(shape(b)).toEqual(shape(a));
+        const ctx = selfPlanContext(false);
+        const sel = { allLeaked: true, orphans: true, sessions: true, jobs: [], pids: [], force: false, gc: true };
+        // The same actions (boot time is re-estimated each read: ages differ by microseconds).
+        const what = (inv: ProjectInventory) =>
+          plan(inv, policy, sel, ctx).actions.map((x) => (x.kind === 'remove-pid-file' ? `${x.kind} ${x.file.path}` : `${x.kind} ${x.tree.topPid}:${x.tree.top?.startTicks} ${x.reason}`));
+        expect(what(b)).toEqual(what(a));
+        expect(what(a).length).toBeGreaterThanOrEqual(3);
+      }
+      const verdicts = new Set(full.collect(now).adapters.map((t) => t.verdict));
+      for (const v of ['leaked', 'active', 'paused', 'orphaned', 'foreign']) expect(verdicts, v).toContain(v);
+    } finally {
+      full.close();
+      targeted.close();
+    }
+  });
+
+  it('a re-verification right before a kill never sweeps; a cycle sweeps once the period is over', async () => {
+    const s = new ProjectSession({ root: project.root, policy, env: {}, fullSweepSeconds: 0.3 });
+    try {
+      s.collect();
+      s.collect();
+      expect(s.lastRead?.mode).toBe('targeted');
+      await new Promise((r) => setTimeout(r, 350));
+      s.collect(undefined, { purpose: 'recheck' });
+      expect(s.lastRead?.mode).toBe('targeted');
+      s.collect();
+      expect(s.lastRead).toMatchObject({ mode: 'full', sweepReason: 'period' });
+    } finally {
+      s.close();
+    }
+  });
+});
+
+describe.skipIf(!supported)('a member that double-forks and setsids away', () => {
+  let project: TempProject | null = null;
+  const stops: (() => void)[] = [];
+  afterEach(async () => {
+    for (const s of stops.splice(0)) s();
+    await project?.cleanup();
+    project = null;
+  });
+
+  it('stays in its tree (same pid and start time), in targeted reads and full sweeps alike', async () => {
+    project = await createTempProject();
+    // top (group and session leader) → intermediate sh → member (python). On SIGUSR1 the member
+    // calls setsid(); then the intermediate is killed, so the member is reparented away too.
+    const ready = `${project.root}/member-ready`;
+    const member = `import os, signal, time
+signal.signal(signal.SIGUSR1, lambda *a: os.setsid())
+open(${JSON.stringify(ready)}, 'w').close()
+while True: time.sleep(1)`;
+    const top = spawn('sh', ['-c', `sh -c 'python3 -c "$0" & wait' '${member.replace(/'/g, "'\\''")}' & wait; sleep 300`], { detached: true, stdio: 'ignore' });
+    stops.push(() => {
+      try {
+        process.kill(-top.pid!, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    });
+    const topPid = top.pid!;
+    // Tie it to a failed job (a leaked tree) by its run and pid file.
+    project.addJob(topPid, { status: 'failed', endedSecondsAgo: 120 });
+    project.writePidFile(topPid);
+    const session = new ProjectSession({ root: project.root, policy, env: {} });
+    const full = new ProjectSession({ root: project.root, policy, env: {}, fullSweepSeconds: 0 });
+    stops.push(() => {
+      session.close();
+      full.close();
+    });
+    const treeOf = (inv: ProjectInventory) => inv.adapters.find((t) => t.topPid === topPid);
+    const pyOf = (inv: ProjectInventory) => treeOf(inv)?.processes.find((p) => /python3?$/.test(p.argv[0] ?? ''));
+    await waitUntil(() => pyOf(session.collect()) !== undefined, 10_000);
+    full.collect();
+    const inv = session.collect();
+    const py = pyOf(inv);
+    expect(py).toBeDefined();
+    const mid = treeOf(inv)!.processes.find((p) => p.pid === py!.ppid);
+    expect(mid && mid.pid !== topPid).toBe(true);
+    stops.push(() => {
+      try {
+        process.kill(py!.pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    });
+    expect(await waitUntil(() => fs.existsSync(ready))).toBe(true);
+    process.kill(py!.pid, 'SIGUSR1');
+    await waitUntil(() => readIdentity(py!.pid)?.sid === py!.pid);
+    process.kill(mid!.pid, 'SIGKILL');
+    await waitUntil(() => readIdentity(py!.pid)?.ppid !== mid!.pid);
+    const escaped = readIdentity(py!.pid)!;
+    expect(escaped).toMatchObject({ startTicks: py!.startTicks, pgid: py!.pid, sid: py!.pid });
+    expect(escaped.ppid).not.toBe(mid!.pid);
+
+    // The inconsistent view (a member gone, one in another group) makes the next cycle sweep; the
+    // escapee stays in its tree either way, with its identity; the full-sweep session agrees.
+    for (let i = 0; i < 3; i++) {
+      const t = treeOf(session.collect())!;
+      expect(t.processes.map((p) => `${p.pid}:${p.startTicks}`)).toContain(`${py!.pid}:${py!.startTicks}`);
+      expect(t.verdict).toBe('leaked');
+      expect(treeOf(full.collect())!.processes.map((p) => p.pid)).toContain(py!.pid);
+    }
+    // A new session has never seen it in its tree: a full sweep alone cannot tie it back.
+    const fresh = new ProjectSession({ root: project.root, policy, env: {} });
+    try {
+      expect(treeOf(fresh.collect())!.processes.map((p) => p.pid)).not.toContain(py!.pid);
+    } finally {
+      fresh.close();
+    }
+  });
+});
