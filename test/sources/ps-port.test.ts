@@ -111,6 +111,16 @@ describe.skipIf(tools.length > 0)(`--process-source ps against /proc, on the sam
     expect(ps.staleRunningRuns).toEqual(proc.staleRunningRuns);
   });
 
+  // Before the reap below: the two commands must see the same host.
+  it('status --json through the CLI: the same verdicts with --process-source ps and proc', () => {
+    const status = (source: string) => {
+      const out = execFileSync(process.execPath, [built.bin, 'status', '--json', '--all', '--project', project!.root, '--process-source', source], { encoding: 'utf8', env: { ...process.env, STEPWISE_DB: '' } });
+      const doc = JSON.parse(out) as { projects: { adapters: { topPid: number; verdict: string }[] }[] };
+      return doc.projects[0]!.adapters.map((a) => `${a.topPid}:${a.verdict}`).sort();
+    };
+    expect(status('ps')).toEqual(status('proc'));
+  });
+
   it('start times agree within one second, and identities differ only in their units', () => {
     const proc = m.procPort().table();
     const ps = m.psPort().table();
@@ -159,15 +169,6 @@ describe.skipIf(tools.length > 0)(`--process-source ps against /proc, on the sam
       session.close();
     }
   }, 60_000);
-
-  it('status --json through the CLI: the same verdicts with --process-source ps and proc', () => {
-    const status = (source: string) => {
-      const out = execFileSync(process.execPath, [built.bin, 'status', '--json', '--all', '--project', project!.root, '--process-source', source], { encoding: 'utf8', env: { ...process.env, STEPWISE_DB: '' } });
-      const doc = JSON.parse(out) as { projects: { adapters: { topPid: number; verdict: string }[] }[] };
-      return doc.projects[0]!.adapters.map((a) => `${a.topPid}:${a.verdict}`).sort();
-    };
-    expect(status('ps')).toEqual(status('proc'));
-  });
 
   it('a bad --process-source is one line naming the value', () => {
     let err = '';
