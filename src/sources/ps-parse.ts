@@ -47,9 +47,9 @@ export function parseLstart(text: string): number | null {
 /**
  * Parse a whole snapshot. A line that is not a row continues the previous row's args: an argv
  * holding a newline is printed across lines by some ps versions. Lines before the first row are
- * ignored (and counted).
+ * ignored (and counted). Pids printed on two rows are `ambiguous`: dropped (unknown, never judged).
  */
-export function parsePsOutput(text: string): { rows: PsRow[]; malformed: number } {
+export function parsePsOutput(text: string): { rows: PsRow[]; malformed: number; ambiguous: number[] } {
   const rows: PsRow[] = [];
   let malformed = 0;
   for (const line of text.split('\n')) {
@@ -77,7 +77,14 @@ export function parsePsOutput(text: string): { rows: PsRow[]; malformed: number 
       args: m[13] ?? '',
     });
   }
-  return { rows, malformed };
+  // A pid printed twice means one of its rows is text inside another process's args (an argv
+  // with a newline can hold anything, a forged row too): neither can be trusted, both are dropped.
+  const seen = new Map<number, number>();
+  for (const r of rows) seen.set(r.pid, (seen.get(r.pid) ?? 0) + 1);
+  const ambiguous = [...seen].filter(([, n]) => n > 1).map(([pid]) => pid);
+  if (ambiguous.length === 0) return { rows, malformed, ambiguous };
+  const drop = new Set(ambiguous);
+  return { rows: rows.filter((r) => !drop.has(r.pid)), malformed, ambiguous };
 }
 
 /** 20 bits of a digest of the args: what tells two processes started in the same second apart. */

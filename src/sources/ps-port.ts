@@ -67,14 +67,14 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
   // read once: identities stay comparable for the life of the port.
   let base: { epoch: number } | null = null;
 
-  const snapshot = (selector: readonly string[]): { rows: PsRow[] } | { error: string; gone?: boolean } => {
+  const snapshot = (selector: readonly string[]): { rows: PsRow[]; ambiguous: number[] } | { error: string; gone?: boolean } => {
     const r = run(ps, [...selector, '-ww', '-o', PS_FIELDS]);
     if (r.status === null) return { error: failure('ps', r) };
     const parsed = parsePsOutput(r.stdout);
     // `ps -p N` exits 1 with nothing printed when N does not exist; anything else non-zero is a refusal.
     if (r.status !== 0 && !(r.status === 1 && parsed.rows.length === 0 && firstLine(r.stderr) === '')) return { error: failure('ps', r) };
-    if (r.status === 1 && parsed.rows.length === 0) return { error: 'no such process', gone: true };
-    return { rows: parsed.rows };
+    if (r.status === 1 && parsed.rows.length === 0 && parsed.ambiguous.length === 0) return { error: 'no such process', gone: true };
+    return { rows: parsed.rows, ambiguous: parsed.ambiguous };
   };
 
   const clockFrom = (rows: readonly PsRow[] | null): { clock: ClockInfo; error?: string } => {
@@ -93,8 +93,9 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
         error: 'boot time unknown (ps lists no pid 1)',
       };
     }
-    // lstart is whole seconds: a start time is known to a second.
-    return { clock: { bootTimeEpoch: base.epoch, ticksPerSecond: PS_TICKS_PER_SECOND, bootTimeErrorSeconds: 1 } };
+    // lstart is whole seconds, and procps derives it from the whole-second boot time: a start
+    // time is known to two seconds (measured against /proc: up to 1.05 s early).
+    return { clock: { bootTimeEpoch: base.epoch, ticksPerSecond: PS_TICKS_PER_SECOND, bootTimeErrorSeconds: 2 } };
   };
 
   const toInfo = (row: PsRow, baseEpoch: number): ProcessInfo => {
@@ -135,9 +136,11 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
       return { table: { processes: [], clock }, health, unreadablePids: [], mode: 'full' };
     }
     const processes = rows.filter((r) => !isPsKernelThread(r)).map((r) => toInfo(r, clock.bootTimeEpoch));
-    const health: SourceHealth = { ok: clockError === undefined, durationSeconds: duration(), unreadable: 0 };
-    if (clockError) health.error = `processes degraded: ${clockError}`;
-    return { table: { processes, clock }, health, unreadablePids: [], mode: 'full' };
+    const ambiguous = 'ambiguous' in s ? s.ambiguous : [];
+    const problems = [...(ambiguous.length ? [`${ambiguous.length} pid(s) printed twice, not judged (first: ${ambiguous[0]})`] : []), ...(clockError ? [clockError] : [])];
+    const health: SourceHealth = { ok: problems.length === 0, durationSeconds: duration(), unreadable: ambiguous.length };
+    if (problems.length) health.error = `processes degraded: ${problems.join('; ')}`;
+    return { table: { processes, clock }, health, unreadablePids: ambiguous, mode: 'full' };
   };
 
   /** One process now: live, provably gone (ps says no such pid), or unknown (ps failed). */
@@ -147,6 +150,7 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
     if ('error' in s) return s.gone ? { kind: 'gone' } : { kind: 'unknown', error: s.error };
     const { clock, error } = clockFrom(s.rows);
     if (error) return { kind: 'unknown', error };
+    if (s.ambiguous.includes(pid)) return { kind: 'unknown', error: `ps printed pid ${pid} twice` };
     const row = s.rows.find((r) => r.pid === pid);
     return row ? { kind: 'row', row, base: clock.bootTimeEpoch } : { kind: 'gone' };
   };

@@ -22,6 +22,7 @@ describe('parsePsOutput (darwin text)', () => {
 
   it('reads every row; lstart in the C locale, the day padded, as UTC', () => {
     expect(malformed).toBe(0);
+    expect(parsePsOutput(DARWIN).ambiguous).toEqual([]);
     expect(rows.map((r) => r.pid)).toEqual([1, 412, 5120, 5131, 5140, 5150, 0]);
     expect(rows[1]!.startEpoch).toBe(Date.UTC(2026, 11, 2, 2, 50, 49) / 1000);
     expect(parseLstart('Wed Dec  2 02:50:49 2026')).toBe(rows[1]!.startEpoch);
@@ -38,6 +39,18 @@ describe('parsePsOutput (darwin text)', () => {
   it('an argv holding a newline continues its row (the next line is not a process)', () => {
     expect(rows[5]!.args.endsWith('--append-system-prompt line one\nline two of the same argv')).toBe(true);
     expect(psArgv(rows[5]!)).toContain('--session-id=0b9f6f8e-5d1c-4c47-9a57-3f3e0a1d2c4b');
+  });
+
+  it('a row forged inside another process’s args makes its pid ambiguous: both rows dropped, never judged', () => {
+    const forged = `${DARWIN}\n 9000     1  9000   501   1000 S    Wed Dec  2 09:20:00 2026 sh -c echo\n 5150  5120  5120   501 198004 S    Wed Dec  2 09:14:05 2026 /Users/me/.local/bin/claude --fake`;
+    const r = parsePsOutput(forged);
+    expect(r.ambiguous).toEqual([5150]);
+    expect(r.rows.map((x) => x.pid)).not.toContain(5150);
+    const port = psPort({ run: () => ({ status: 0, stdout: forged, stderr: '' }) });
+    expect(port.identity(5150)).toEqual({ kind: 'unknown', error: 'ps printed pid 5150 twice' });
+    const t = port.table();
+    expect(t.unreadablePids).toEqual([5150]);
+    expect(t.health.error).toMatch(/1 pid\(s\) printed twice/);
   });
 
   it('a zombie has no argv (macOS prints "(name)"), and kernel_task is no process of ours', () => {
@@ -62,7 +75,7 @@ describe('identity through ps: (pid, start second, args digest)', () => {
   });
 
   it('the start read back lies inside the start second', () => {
-    const clock = { bootTimeEpoch: base, ticksPerSecond: PS_TICKS_PER_SECOND, bootTimeErrorSeconds: 1 };
+    const clock = { bootTimeEpoch: base, ticksPerSecond: PS_TICKS_PER_SECOND, bootTimeErrorSeconds: 2 };
     const s = startEpoch(clock, psStartTicks(row, base));
     expect(s).toBeGreaterThanOrEqual(base + 100);
     expect(s).toBeLessThan(base + 101);
