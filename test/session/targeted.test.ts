@@ -6,6 +6,9 @@ import fs from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { plan } from '../../src/core/plan.js';
 import { DEFAULT_POLICY, type AdapterTree, type ProjectInventory } from '../../src/core/types.js';
+import { AuditLog } from '../../src/effects/audit-log.js';
+import { executePlan } from '../../src/effects/execute.js';
+import type { KillTreeResult } from '../../src/effects/kill-tree.js';
 import { selfPlanContext } from '../../src/effects/self.js';
 import { ProjectSession } from '../../src/session/project-session.js';
 import { childrenFilesSupported, readIdentity } from '../../src/sources/processes.js';
@@ -215,5 +218,14 @@ while True: time.sleep(1)`;
     } finally {
       fresh.close();
     }
+    // Reaped with its tree: the group signal cannot reach it, its own signal does (re-identified first).
+    const inv2 = session.collect();
+    const p = plan(inv2, policy, { allLeaked: true, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: true }, selfPlanContext(false));
+    expect(p.actions.map((a) => a.kind === 'kill-tree' && a.tree.topPid)).toContain(topPid);
+    const report = await executePlan(p, { session, actor: 'cli', audit: new AuditLog(`${project.root}/audit.jsonl`), killWaitMs: 2000, gc: false });
+    const r = report.results.find((x) => x.kind === 'kill-tree' && x.topPid === topPid) as KillTreeResult;
+    expect(r.outcome).toBe('ok');
+    expect(r.processes.find((o) => o.pid === py!.pid)).toMatchObject({ result: 'gone', signals: [{ signal: 'SIGTERM', via: 'process' }] });
+    expect(await waitUntil(() => readIdentity(py!.pid)?.startTicks !== py!.startTicks || readIdentity(py!.pid)?.state === 'Z')).toBe(true);
   });
 });
