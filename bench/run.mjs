@@ -25,13 +25,13 @@ const { selfPlanContext } = await import('../dist/effects/self.js');
 const { writePidFile, addLiveJobs, cachedHistory, openStoreCopy, RUNS_PER_JOB, HISTORY_FIRST_PID } = await import('./lib/stores.mjs');
 const { Fillers, fillTo } = await import('./lib/host.mjs');
 const { makeProject } = await import('./lib/project.mjs');
-const { InstrumentedSession, PARTS, verdictCounts } = await import('./lib/cycle.mjs');
-const { ArgvCache, readProcessTable } = await import('../dist/sources/processes.js');
+const { timedCollect, PARTS, verdictCounts } = await import('./lib/cycle.mjs');
 const { nodeFloorPass, buildCFloor, cFloor } = await import('./lib/floor.mjs');
 const { ProcessExporter, exporterVersion } = await import('./lib/anchor.mjs');
 const { Daemon } = await import('./lib/daemon.mjs');
 const { measureLatency } = await import('./lib/latency.mjs');
 const { soak } = await import('./lib/soak.mjs');
+const { measureReap } = await import('./lib/reap.mjs');
 const { countProcesses, installCleanupHandlers, onCleanup, quantile, round, sleep, summary } = await import('./lib/util.mjs');
 
 // ── options ───────────────────────────────────────────────────────────────────────────────────
@@ -41,8 +41,10 @@ const quick = argv.includes('--quick');
 const keep = argv.includes('--keep');
 const only = (argv.find((a) => a.startsWith('--only=')) ?? '').slice('--only='.length).split(',').filter(Boolean);
 const want = (section) => only.length === 0 || only.includes(section);
+const DEFAULT_INTERVAL_SECONDS = 15; // `run --interval` default
+const DEFAULT_FULL_SWEEP_SECONDS = 60; // `run --full-sweep-seconds` default
 if (argv.includes('--help') || argv.includes('-h')) {
-  process.stdout.write(`usage: node bench/run.mjs [--quick] [--only=cycle,daemon,latency,reap,soak] [--keep]
+  process.stdout.write(`usage: node bench/run.mjs [--quick] [--only=cycle,daemon,reap,latency,soak] [--keep]
   --quick   scaled down (1,000 processes, 100k-run store, fewer samples): under a minute
   --only    run only these sections (the synthetic host is always built for cycle/daemon)
   --keep    keep the temporary work folder (logs, audit trails)
@@ -55,6 +57,9 @@ const CFG = quick
       mode: 'quick',
       procs: 1000,
       smallProcs: 200,
+      targetProcs: 2000,
+      targetTrees: 20,
+      reapTrees: 50,
       trees: 100,
       smallTrees: 20,
       bigRuns: 100_000,
@@ -68,7 +73,6 @@ const CFG = quick
       latencySettleMs: 300,
       daemonVariants: ['big', 'big-tuned'],
       soakVariants: ['default'],
-      reapTrees: 50,
       soakJobs: 1_000,
       soakJobsPerTree: 10,
       soakBatch: 25,
@@ -80,6 +84,9 @@ const CFG = quick
       mode: 'full',
       procs: 2000,
       smallProcs: 200,
+      targetProcs: 2000,
+      targetTrees: 20,
+      reapTrees: 50,
       trees: 200,
       smallTrees: 20,
       bigRuns: 1_000_000,
@@ -93,7 +100,6 @@ const CFG = quick
       latencySettleMs: 500,
       daemonVariants: ['big', 'small', 'big-tuned'],
       soakVariants: ['default', 'tuned'],
-      reapTrees: 50,
       soakJobs: 100_000,
       soakJobsPerTree: 20,
       soakBatch: 50,
@@ -151,86 +157,58 @@ function ms(v) {
   return round(v, 2);
 }
 
-/** Interleaved measurement of one host state: returns the phase's figures. */
+/**
+ * Interleaved measurement of one host state: returns the phase's figures. The cycle is the real
+ * ProjectSession.collect() (default config: targeted between full sweeps), split per source by
+ * the durations the session records; beside it the same with every cycle a full sweep
+ * (fullSweepSeconds 0), and with the 10k-run store.
+ */
 async function measurePhase(name, { P, smallDb, anchor, cBin, iterations, warmup }) {
   const sessions = {
     big: new ProjectSession({ root: P.root, policy }),
+    full: new ProjectSession({ root: P.root, policy, fullSweepSeconds: 0 }),
     small: new ProjectSession({ root: P.root, db: smallDb, policy }),
   };
-  const inst = {
-    big: new InstrumentedSession({ root: P.root, policy, planContext }),
-    small: new InstrumentedSession({ root: P.root, db: smallDb, policy, planContext }),
-  };
   const rec = {
-    collectBig: [],
-    collectSmall: [],
-    cpuBig: [],
-    parts: { big: Object.fromEntries(PARTS.map((p) => [p, []])), small: Object.fromEntries(PARTS.map((p) => [p, []])) },
-    instTotal: { big: [], small: [] },
+    cycles: { big: [], full: [], small: [] },
+    cpu: { big: [], full: [] },
+    parts: Object.fromEntries(Object.keys(sessions).map((k) => [k, Object.fromEntries(PARTS.map((p) => [p, []]))])),
+    modes: { big: {}, full: {}, small: {} },
     nodeFloor: [],
     cFloorPass: [],
     cFloorWall: [],
     anchor: [],
     anchorProcs: [],
     processCount: [],
-    detailedCount: [],
-    procsBare: [],
+    readCount: { big: [], full: [] },
     storeRatioPairs: [],
   };
   const first = {};
-  const bareCache = new ArgvCache();
   let verdicts = null;
   let storeStats = null;
 
-  const tasks = {
-    collectBig: (m) => {
-      const c0 = process.cpuUsage();
-      const t0 = performance.now();
-      const inv = sessions.big.collect();
-      const dt = performance.now() - t0;
-      const c = process.cpuUsage(c0);
-      if (m) {
-        rec.collectBig.push(dt);
-        rec.cpuBig.push((c.user + c.system) / 1e6);
-      } else first.collectBig ??= dt;
-      verdicts = verdictCounts(inv);
-    },
-    collectSmall: (m) => {
-      const t0 = performance.now();
-      sessions.small.collect();
-      const dt = performance.now() - t0;
-      if (m) rec.collectSmall.push(dt);
-      else first.collectSmall ??= dt;
-    },
-    instBig: (m, it) => {
-      const r = inst.big.collect();
-      if (!m) {
-        first.instBig ??= r;
-        return;
-      }
-      for (const p of PARTS) rec.parts.big[p].push(r.t[p] ?? 0);
-      rec.instTotal.big.push(r.total);
-      rec.processCount.push(r.processCount);
-      rec.detailedCount.push(r.detailedCount);
+  const cycleTask = (key) => (m, it) => {
+    const r = timedCollect(sessions[key], { policy, planContext });
+    if (!m) {
+      first[key] ??= r;
+      return;
+    }
+    rec.cycles[key].push(r.total);
+    rec.cpu[key]?.push(r.cpuMs);
+    for (const p of PARTS) rec.parts[key][p].push(r.t[p] ?? 0);
+    const mode = r.mode === 'full' ? `full (${r.sweepReason})` : r.mode;
+    rec.modes[key][mode] = (rec.modes[key][mode] ?? 0) + 1;
+    rec.readCount[key]?.push(r.processCount);
+    it[key] = r.t.store;
+    if (key === 'big') {
+      verdicts = verdictCounts(r.inventory);
       storeStats = r.storeStats;
-      it.storeBig = r.t.store;
-    },
-    instSmall: (m, it) => {
-      const r = inst.small.collect();
-      if (!m) {
-        first.instSmall ??= r;
-        return;
-      }
-      for (const p of PARTS) rec.parts.small[p].push(r.t[p] ?? 0);
-      rec.instTotal.small.push(r.total);
-      it.storeSmall = r.t.store;
-    },
-    // The process table without /proc/<pid>/status for anyone: what the details cost.
-    procsBare: (m) => {
-      const t0 = performance.now();
-      readProcessTable({ argvCache: bareCache });
-      if (m) rec.procsBare.push(performance.now() - t0);
-    },
+    }
+  };
+  const tasks = {
+    collectBig: cycleTask('big'),
+    collectFull: cycleTask('full'),
+    collectSmall: cycleTask('small'),
     nodeFloor: (m) => {
       const r = nodeFloorPass();
       if (m) rec.nodeFloor.push(r.ms);
@@ -260,37 +238,42 @@ async function measurePhase(name, { P, smallDb, anchor, cBin, iterations, warmup
     // A fresh random order each round: no task always runs right after another.
     const order = [...names].sort(() => Math.random() - 0.5);
     for (const n of order) await tasks[n](measured, it);
-    if (measured && it.storeBig !== undefined && it.storeSmall !== undefined) rec.storeRatioPairs.push(it.storeBig / it.storeSmall);
+    if (measured) rec.processCount.push(countProcesses());
+    if (measured && it.big !== undefined && it.small !== undefined) rec.storeRatioPairs.push(it.big / it.small);
   }
   const seconds = (performance.now() - tStart) / 1000;
-  for (const s of [...Object.values(sessions), ...Object.values(inst)]) s.close();
+  for (const s of Object.values(sessions)) s.close();
 
   const S = (xs) => {
     const s = summary(xs);
     return { p50: ms(s.p50), p95: ms(s.p95), min: ms(s.min), max: ms(s.max), n: s.n };
   };
-  const out = {
+  const partsOf = (key) => Object.fromEntries(PARTS.map((p) => [p, S(rec.parts[key][p])]));
+  return {
     name,
     processes: Math.round(quantile(rec.processCount, 0.5)),
-    detailedProcesses: Math.round(quantile(rec.detailedCount, 0.5)),
+    trees: verdicts ? Object.values(verdicts).reduce((a, b) => a + b, 0) : 0,
+    processesRead: { targeted: Math.round(quantile(rec.readCount.big, 0.5)), full: Math.round(quantile(rec.readCount.full, 0.5)) },
     iterations,
     warmup,
     seconds: round(seconds, 1),
     verdicts,
-    cycle: S(rec.collectBig),
-    cycleSmallStore: S(rec.collectSmall),
-    cpuSecondsPerCycle: round(summary(rec.cpuBig).mean, 4),
-    cpuPerWall: round(summary(rec.cpuBig).mean / (summary(rec.collectBig).mean / 1000), 2),
-    parts: Object.fromEntries(PARTS.map((p) => [p, S(rec.parts.big[p])])),
-    partsSmallStore: Object.fromEntries(PARTS.map((p) => [p, S(rec.parts.small[p])])),
-    instrumentedTotal: S(rec.instTotal.big),
-    processesWithoutDetails: S(rec.procsBare),
+    modes: rec.modes,
+    cycle: S(rec.cycles.big),
+    cycleFullSweep: S(rec.cycles.full),
+    cycleSmallStore: S(rec.cycles.small),
+    cpuSecondsPerCycle: round(summary(rec.cpu.big).mean / 1000, 5),
+    cpuSecondsPerFullSweep: round(summary(rec.cpu.full).mean / 1000, 5),
+    cpuPerWall: round(summary(rec.cpu.big).mean / summary(rec.cycles.big).mean, 2),
+    parts: partsOf('big'),
+    partsFullSweep: partsOf('full'),
+    partsSmallStore: partsOf('small'),
     firstRead: {
-      collectBigMs: ms(first.collectBig),
-      collectSmallMs: ms(first.collectSmall),
-      storeBigMs: ms(first.instBig?.t.store),
-      storeSmallMs: ms(first.instSmall?.t.store),
-      storeBigKind: first.instBig?.storeStats?.kind ?? null,
+      collectBigMs: ms(first.big?.total),
+      collectSmallMs: ms(first.small?.total),
+      storeBigMs: ms(first.big?.t.store),
+      storeSmallMs: ms(first.small?.t.store),
+      storeBigKind: first.big?.storeStats?.kind ?? null,
     },
     storeSteadyState: storeStats
       ? { kind: storeStats.kind, trackedRuns: storeStats.trackedRuns, retainedRuns: storeStats.retainedRuns, newRows: storeStats.newRows, reReadRuns: storeStats.reReadRuns }
@@ -300,7 +283,6 @@ async function measurePhase(name, { P, smallDb, anchor, cBin, iterations, warmup
     anchor: anchor ? { ...S(rec.anchor), processesGrouped: Math.round(quantile(rec.anchorProcs, 0.5)) } : null,
     rssBenchProcessBytes: process.memoryUsage().rss,
   };
-  return out;
 }
 
 async function daemonRss(label, P, db, seconds, nodeFlags = []) {
@@ -399,6 +381,20 @@ try {
     log(`phase A: ${countProcesses()} processes, ${allTrees.length} trees — measuring…`);
     results.small = await measurePhase('small host', { P, smallDb: smallDbPath, anchor, cBin: cfloor.bin, iterations: CFG.cycles, warmup: CFG.warmup });
 
+    // Phase T: the issue's host shape — many processes, few adapters (20 trees, 2,000 processes).
+    await fillTo(fillers, CFG.targetProcs);
+    log(`phase T: ${countProcesses()} processes, ${allTrees.length} trees — measuring…`);
+    results.target = await measurePhase('2,000-process host, 20 trees', { P, smallDb: smallDbPath, anchor, cBin: cfloor.bin, iterations: CFG.cycles, warmup: CFG.warmup });
+    // CPU at the default interval, from the same run's figures: one full sweep per period, targeted cycles between.
+    {
+      const t = results.target;
+      const perPeriod = DEFAULT_FULL_SWEEP_SECONDS / DEFAULT_INTERVAL_SECONDS;
+      const cpu = ((perPeriod - 1) * t.cpuSecondsPerCycle + t.cpuSecondsPerFullSweep) / DEFAULT_FULL_SWEEP_SECONDS;
+      results.target.defaultIntervalCpuPercentOfCore = round(cpu * 100, 3);
+    }
+    const excess = countProcesses() - CFG.procs;
+    if (excess > 0) await fillers.trimTo(Math.max(0, fillers.count - excess));
+
     // Phase B: the full host.
     await growTrees(CFG.trees - CFG.smallTrees);
     await fillTo(fillers, CFG.procs);
@@ -416,6 +412,12 @@ try {
     smallDb.close();
   }
 
+  if (want('reap')) {
+    await fillTo(fillers, CFG.procs);
+    log(`reap: ${CFG.reapTrees} leaked trees at once (${countProcesses()} processes)…`);
+    results.reap = await measureReap({ trees: CFG.reapTrees, workDir, historyFile: smallHistory.file, lifetimeSeconds: CFG.lifetimeSeconds, policy, planContext });
+  }
+
   if (want('latency')) {
     await fillTo(fillers, CFG.procs);
     results.latency = { processesAtStart: countProcesses(), modes: {} };
@@ -424,13 +426,6 @@ try {
       const r = await measureLatency({ mode, reps: CFG.latencyReps, interval: CFG.latencyInterval, settleMs: CFG.latencySettleMs, workDir, historyFile: smallHistory.file, lifetimeSeconds: CFG.lifetimeSeconds, log });
       results.latency.modes[mode] = { ...r, p50: ms(r.p50), p95: ms(r.p95), min: ms(r.min), max: ms(r.max), mean: ms(r.mean) };
     }
-  }
-
-  if (want('reap')) {
-    await fillTo(fillers, CFG.procs);
-    const { reapThroughput } = await import('./lib/reap.mjs');
-    log(`reap: ${CFG.reapTrees} leaked trees at once on ${countProcesses()} processes…`);
-    results.reap = { processesAtStart: countProcesses(), ...(await reapThroughput({ trees: CFG.reapTrees, workDir, historyFile: smallHistory.file, lifetimeSeconds: CFG.lifetimeSeconds, log })) };
   }
 
   if (want('soak')) {

@@ -1,46 +1,58 @@
-// Reap throughput: N leaked trees (their jobs abandoned) reaped at once, the way `reap
-// --all-leaked --yes` does it (the real ProjectSession, plan and executePlan, in this process),
-// on a host filled to the bench's process count. Wall time of the whole execution, and this
-// process's CPU (process.cpuUsage: the watchdog's own work; the trees' exits are theirs) per tree.
+// Cheap reaps: N leaked trees (every job failed, terminal grace 0) reaped at once, in process,
+// the way the daemon carries out a plan: executePlan re-verifies each tree right before its
+// signals (a fresh collect: targeted, not the host), SIGTERM, wait, confirm, audit, pid file.
+// Wall time and this process's CPU per tree; every tree's outcome counted.
 
 import path from 'node:path';
 import { plan } from '../../dist/core/plan.js';
-import { DEFAULT_POLICY } from '../../dist/core/types.js';
 import { AuditLog } from '../../dist/effects/audit-log.js';
 import { executePlan } from '../../dist/effects/execute.js';
-import { selfPlanContext } from '../../dist/effects/self.js';
 import { ProjectSession } from '../../dist/session/project-session.js';
-import { treeGone } from './host.mjs';
-import { abandonJobs, makeProject, startJobs } from './project.mjs';
-import { round, waitFor } from './util.mjs';
+import { makeProject } from './project.mjs';
+import { addLiveJobs, writePidFile } from './stores.mjs';
+import { countProcesses, round } from './util.mjs';
 
-export async function reapThroughput({ trees, workDir, historyFile, lifetimeSeconds, log }) {
-  const root = path.join(workDir, 'reap');
-  const project = await makeProject(root, { historyFile, lifetimeSeconds });
+export async function measureReap({ trees: n, workDir, historyFile, lifetimeSeconds, policy: basePolicy, planContext }) {
+  const P = await makeProject(path.join(workDir, 'reap-project'), { historyFile, lifetimeSeconds });
+  const policy = { ...basePolicy, terminalGraceSeconds: 0 };
+  let session = null;
   try {
-    const batch = await project.server.spawnTrees(trees, { kind: 'plain' });
-    abandonJobs(project, batch.flatMap((t) => startJobs(project, t, 1)));
-    const policy = { ...DEFAULT_POLICY, terminalGraceSeconds: 0 };
-    const session = new ProjectSession({ root, policy, env: {} });
-    try {
-      const ctx = selfPlanContext(false);
-      const p = plan(session.collect(), policy, { allLeaked: true, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: true }, ctx);
-      const planned = p.actions.filter((a) => a.kind === 'kill-tree').length;
-      log(`reap: ${planned} of ${trees} trees planned; executing…`);
-      const cpu0 = process.cpuUsage();
-      const t0 = performance.now();
-      const report = await executePlan(p, { session, actor: 'cli', audit: new AuditLog(path.join(workDir, 'audit-reap.jsonl')), killWaitMs: 5000, gc: true, planContext: ctx });
-      const wallMs = performance.now() - t0;
-      const cpu = process.cpuUsage(cpu0);
-      const ok = report.results.filter((r) => r.kind === 'kill-tree' && r.outcome === 'ok').length;
-      await waitFor(() => batch.every(treeGone), 10_000, 20);
-      for (const t of batch) project.server.forget(t);
-      const cpuMs = (cpu.user + cpu.system) / 1000;
-      return { trees, planned, ok, allGone: batch.every(treeGone), wallMs: round(wallMs, 1), cpuMs: round(cpuMs, 1), cpuMsPerTree: round(cpuMs / Math.max(1, planned), 2), treesPerSecond: round(planned / (wallMs / 1000), 1) };
-    } finally {
-      session.close();
-    }
+    const trees = await P.server.spawnTrees(n, { kind: 'plain' });
+    for (const t of trees) writePidFile(P.pidsDir, t.topPid);
+    addLiveJobs([P.db], trees, { isLeaked: () => true });
+    session = new ProjectSession({ root: P.root, policy });
+    // What a daemon has long done before the jobs end: the first read (a full sweep).
+    session.collect();
+    const processes = countProcesses();
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    const inv = session.collect();
+    const p = plan(inv, policy, { allLeaked: true, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: true }, planContext);
+    const report = await executePlan(p, {
+      session,
+      actor: 'cli',
+      audit: new AuditLog(path.join(workDir, 'audit-reap.jsonl')),
+      killWaitMs: 5000,
+      gc: true,
+      planContext,
+    });
+    const wallSeconds = (performance.now() - t0) / 1000;
+    const c = process.cpuUsage(c0);
+    const kills = report.results.filter((r) => r.kind === 'kill-tree');
+    for (const t of trees) P.server.forget(t);
+    return {
+      trees: n,
+      processesOnHost: processes,
+      planned: p.actions.filter((a) => a.kind === 'kill-tree').length,
+      ok: kills.filter((r) => r.outcome === 'ok').length,
+      failedOrSkipped: kills.filter((r) => r.outcome !== 'ok').map((r) => `${r.topPid}: ${r.outcome} ${r.detail}`).slice(0, 5),
+      pidFilesRemoved: kills.filter((r) => r.pidFile?.outcome === 'removed').length,
+      wallSeconds: round(wallSeconds, 2),
+      cpuMsPerTree: round((c.user + c.system) / 1000 / n, 2),
+      auditError: report.auditError,
+    };
   } finally {
-    await project.stop();
+    session?.close();
+    await P.stop();
   }
 }

@@ -28,7 +28,7 @@ export { summarise } from './results.js';
 /** What executePlan needs of a project session (ProjectSession satisfies it). */
 export interface CollectingSession {
   /** `purpose: 'recheck'`: the re-verification right before a kill (reads what can matter, not the host). */
-  collect(nowEpochSeconds?: number, opts?: { purpose?: 'cycle' | 'recheck' }): ProjectInventory;
+  collect(nowEpochSeconds?: number, opts?: { purpose?: 'cycle' | 'recheck'; focus?: readonly number[] }): ProjectInventory;
   readonly options: { policy: Policy };
   /** The process port the session reads: re-checks before a signal or an unlink read the same one. */
   readonly processes: ProcessPort;
@@ -54,7 +54,8 @@ export interface ExecuteOptions {
  * reapable) holds again now; the policy graces are re-checked for policy selections.
  */
 export function recheckTree(session: CollectingSession, action: KillTreeAction, ctx: PlanContext, seen?: (inv: ProjectInventory) => void): RecheckResult {
-  const inv = session.collect(undefined, { purpose: 'recheck' });
+  const focus = [action.tree.topPid, ...action.tree.processes.map((p) => p.pid)];
+  const inv = session.collect(undefined, { purpose: 'recheck', focus });
   seen?.(inv);
   const down = Object.entries(inv.sources).filter(([name, h]) => !h.ok && (name === 'store' || name === 'processes'));
   if (down.length > 0) {

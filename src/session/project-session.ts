@@ -43,6 +43,13 @@ export interface CollectOptions {
    * Default 'cycle': a full sweep when one is due (period, first read, an inconsistent view).
    */
   purpose?: 'cycle' | 'recheck';
+  /**
+   * With 'recheck': the pids of the one tree about to be signalled. The read is then that tree's
+   * processes (and the ones remembered in it), their descendants and parents, and the server —
+   * not the other trees: the inventory speaks for that tree only, and the session's memory of
+   * trees, runs and pid files is left as it was.
+   */
+  focus?: readonly number[];
 }
 
 /** Why the last read swept the whole table (null: it was targeted). */
@@ -86,21 +93,22 @@ export class ProjectSession {
     const serverPid = serverFile.pidFile?.pid ?? null;
 
     const sweep = this.sweepReason(opts.purpose ?? 'cycle');
-    const seeds = sweep === null ? this.seeds(serverPid) : null;
+    const focus = sweep === null && opts.purpose === 'recheck' && opts.focus ? this.focusSeeds(opts.focus) : null;
+    const seeds = sweep === null && !focus ? this.seeds(serverPid) : focus;
     // Pid files can only be located once the server's cwd is known, but the process table read
     // wants their pids to decide which processes need details: read the default folder's names
     // first only when an override is given; otherwise details are chosen by marker and server.
     const procs = this.processes.table({
       argvCache: this.argvCache,
       detailFor: (p) => p.pid === serverPid || p.ppid === serverPid || matchesMarker(p.argv, policy.markers) || this.interesting.has(p.pid) || this.interesting.has(p.pgid) || this.members.has(p.pid),
-      ...(seeds ? { targeted: { pids: seeds } } : {}),
+      ...(seeds ? { targeted: { pids: seeds, ...(focus && serverPid !== null ? { context: [serverPid] } : {}) } } : {}),
     });
     sources.processes = procs.health;
     const table = procs.health.ok || procs.table.processes.length > 0 ? { ...procs.table, remembered: [...this.members.values()] } : null;
     const probed = procs.mode === 'targeted' ? (procs.probed ?? new Set<number>()) : null;
     this.lastRead = { mode: procs.mode, sweepReason: procs.mode === 'full' ? (sweep ?? 'no children files') : null, processes: procs.table.processes.length };
     if (procs.mode === 'full' && procs.health.ok) this.lastSweepAt = nowMs();
-    if (probed && table) this.noteInconsistency(table.processes, probed);
+    if (probed && table && !focus) this.noteInconsistency(table.processes, probed);
 
     const serverT0 = performance.now();
     if (table && serverPid !== null) {
@@ -155,10 +163,13 @@ export class ProjectSession {
     // table once more then, rather than judge a tree whose uid is unknown. A targeted read that
     // did not look at a pid named now (a new pid file, a run) reads again with it.
     const runPids = new Set((storeRead.snapshot?.runs ?? []).flatMap((r) => [r.pid, r.pgid]).filter((p): p is number => p !== null));
-    this.interesting = runPids;
-    this.filePids = new Set(pidFiles.entries.map((f) => f.pid).filter((p): p is number => p !== null));
+    const filePids = new Set(pidFiles.entries.map((f) => f.pid).filter((p): p is number => p !== null));
+    if (!focus) {
+      this.interesting = runPids;
+      this.filePids = filePids;
+    }
     const undetailed = (table?.processes ?? []).some((p) => (runPids.has(p.pid) || runPids.has(p.pgid)) && !p.detailed && !isDead(p));
-    const unread = probed !== null && [...runPids, ...this.filePids, ...(serverPid !== null ? [serverPid] : [])].some((p) => p > 0 && !probed.has(p));
+    const unread = probed !== null && !focus && [...runPids, ...filePids, ...(serverPid !== null ? [serverPid] : [])].some((p) => p > 0 && !probed.has(p));
     if ((undetailed || unread) && !this.rereading) {
       this.rereading = true;
       try {
@@ -180,7 +191,7 @@ export class ProjectSession {
       policy,
       now: nowEpochSeconds,
     });
-    if (table) this.remember(inv);
+    if (table && !focus) this.remember(inv);
     return inv;
   }
 
@@ -201,6 +212,13 @@ export class ProjectSession {
     if (this.sweepDue) return 'inconsistent';
     if (nowMs() - this.lastSweepAt >= period * 1000) return 'period';
     return null;
+  }
+
+  /** A focused re-verification: the tree's pids and every process remembered in a tree they top. */
+  private focusSeeds(pids: readonly number[]): Set<number> {
+    const out = new Set<number>(pids);
+    for (const m of this.members.values()) if (out.has(m.topPid)) out.add(m.pid);
+    return out;
   }
 
   private seeds(serverPid: number | null): Set<number> {

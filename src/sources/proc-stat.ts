@@ -15,6 +15,8 @@ export interface StatFields {
   session: number;
   /** Field 9, the kernel's per-task flags (PF_*). */
   flags: number;
+  /** Field 20: number of threads. */
+  numThreads: number;
   /** Field 22: start time in clock ticks after boot. */
   starttime: number;
   /** Field 24: resident set size in pages. */
@@ -51,13 +53,14 @@ export function parseStat(text: string): StatFields | null {
   const pgrp = int(rest[2]);
   const session = int(rest[3]);
   const flags = int(rest[6]);
+  const numThreads = int(rest[17]);
   const starttime = int(rest[19]);
   const rssPages = int(rest[21]);
   if (ppid === null || pgrp === null || session === null || flags === null || starttime === null || rssPages === null) {
     return null;
   }
   if (starttime < 0) return null;
-  return { pid, comm, state, ppid, pgrp, session, flags, starttime, rssPages: Math.max(0, rssPages) };
+  return { pid, comm, state, ppid, pgrp, session, flags, numThreads: numThreads ?? 0, starttime, rssPages: Math.max(0, rssPages) };
 }
 
 /** A kernel thread: PF_KTHREAD set, or kthreadd (pid 2) and its children. No argv, no memory of its own. */
@@ -104,6 +107,18 @@ export function parseCmdline(buf: Uint8Array | string): string[] {
   // Drop the empty strings trailing NULs leave (rewritten argv areas can be NUL-padded).
   while (parts.length > 0 && parts[parts.length - 1] === '') parts.pop();
   return parts;
+}
+
+/** Parse `/proc/<pid>/task/<tid>/children` ("123 456 "): pids, or null when malformed. */
+export function parseChildren(text: string): number[] | null {
+  const out: number[] = [];
+  for (const part of text.split(' ')) {
+    if (part.length === 0 || part === '\n') continue;
+    const n = Number(part);
+    if (!Number.isSafeInteger(n) || n <= 0) return null;
+    out.push(n);
+  }
+  return out;
 }
 
 /** Parse `/proc/uptime` ("12345.67 54321.00"): seconds since boot, or null. */

@@ -46,7 +46,11 @@ export interface TableOptions {
    * members of the groups they lead that are among those, instead of every pid. Ignored (a full
    * scan, `mode: 'full'`) where the source cannot read children (no CONFIG_PROC_CHILDREN; ps).
    */
-  targeted?: { pids: Iterable<number> };
+  targeted?: {
+    pids: Iterable<number>;
+    /** Also read these, without walking down to their children (e.g. the server during a re-verification). */
+    context?: Iterable<number>;
+  };
 }
 
 export interface ProcessTableResult {

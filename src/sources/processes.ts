@@ -21,7 +21,7 @@ import { ArgvCache } from './argv-cache.js';
 import type { ChildrenRead, IdentityRead, ProcessPort, ProcessTableResult, TableOptions } from './process-port.js';
 
 export type { ChildrenRead };
-import { isKernelThread, parseBtime, parseCmdline, parseStat, parseStatusUidAndSwap, parseUptime } from './proc-stat.js';
+import { isKernelThread, parseBtime, parseChildren, parseCmdline, parseStat, parseStatusUidAndSwap, parseUptime } from './proc-stat.js';
 
 export const DEFAULT_PROC_ROOT = '/proc';
 /** USER_HZ: the unit of start times in /proc/<pid>/stat. Fixed at 100 by the Linux ABI on every architecture. */
@@ -205,8 +205,10 @@ export function readProcessTable(opts: ReadProcessTableOptions = {}): ProcessTab
       swapBytes: 0,
     };
     processes.push(p);
+    if (targeted) threads.set(pid, s.numThreads);
     return p;
   };
+  const threads = new Map<number, number>();
   let probed: Set<number> | undefined;
   if (targeted) {
     probed = new Set();
@@ -218,12 +220,18 @@ export function readProcessTable(opts: ReadProcessTableOptions = {}): ProcessTab
       const p = readOne(pid);
       // Never walk down from pid 1 or kthreadd (that would be the whole host), nor a zombie.
       if (p === null || pid <= 2 || isDead(p) || p.ppid === 2) continue;
-      const kids = readChildren(pid, procRoot);
+      const kids = readChildren(pid, procRoot, threads.get(pid));
       if (kids.kind === 'unknown') fail(pid, kids.error);
       else if (kids.kind === 'ok') for (const c of kids.pids) stack.push(c);
     }
     // The parent of every process read is read too (not its other children): who adopted an
     // orphan (pid 1, a subreaper) and what a foreign tree's parent is are judged from it.
+    for (const pid of targeted.context ?? []) {
+      if (Number.isSafeInteger(pid) && pid > 0 && !probed.has(pid)) {
+        probed.add(pid);
+        readOne(pid);
+      }
+    }
     for (const p of [...processes]) {
       if (p.ppid > 0 && !probed.has(p.ppid)) {
         probed.add(p.ppid);
@@ -337,8 +345,16 @@ export function childrenFilesSupported(procRoot: string = DEFAULT_PROC_ROOT): bo
  * the thread that forked it). `gone` when the process does not exist; a thread that exits
  * meanwhile is skipped (its children are reparented to another thread of the same process).
  */
-export function readChildren(pid: number, procRoot: string = DEFAULT_PROC_ROOT): ChildrenRead {
+export function readChildren(pid: number, procRoot: string = DEFAULT_PROC_ROOT, numThreads?: number): ChildrenRead {
   let tids: string[];
+  if (numThreads === 1) {
+    // Single-threaded (stat's num_threads): its one thread is the process itself; no listing.
+    try {
+      return { kind: 'ok', pids: parseChildren(readFileSync(`${procRoot}/${pid}/task/${pid}/children`, 'latin1')) ?? [] };
+    } catch {
+      // exited, or a thread appeared meanwhile: list the threads
+    }
+  }
   try {
     tids = readdirSync(`${procRoot}/${pid}/task`);
   } catch (err) {
@@ -353,12 +369,9 @@ export function readChildren(pid: number, procRoot: string = DEFAULT_PROC_ROOT):
       if (vanished(err)) continue;
       return { kind: 'unknown', error: `${errorCode(err)} ${procRoot}/${pid}/task/${tid}/children` };
     }
-    for (const part of text.split(' ')) {
-      if (part.length === 0) continue;
-      const n = Number(part);
-      if (Number.isSafeInteger(n) && n > 0) pids.push(n);
-      else return { kind: 'unknown', error: `malformed ${procRoot}/${pid}/task/${tid}/children` };
-    }
+    const kids = parseChildren(text);
+    if (kids === null) return { kind: 'unknown', error: `malformed ${procRoot}/${pid}/task/${tid}/children` };
+    pids.push(...kids);
   }
   return { kind: 'ok', pids };
 }

@@ -6,6 +6,9 @@ import fs from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { plan } from '../../src/core/plan.js';
 import { DEFAULT_POLICY, type AdapterTree, type ProjectInventory } from '../../src/core/types.js';
+import { AuditLog } from '../../src/effects/audit-log.js';
+import { executePlan } from '../../src/effects/execute.js';
+import type { KillTreeResult } from '../../src/effects/kill-tree.js';
 import { selfPlanContext } from '../../src/effects/self.js';
 import { ProjectSession } from '../../src/session/project-session.js';
 import { childrenFilesSupported, readIdentity } from '../../src/sources/processes.js';
@@ -14,7 +17,11 @@ import { createTempProject, waitUntil, type TempProject } from '../helpers/temp-
 const supported = childrenFilesSupported();
 const policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 60, terminalGraceSeconds: 30 };
 
-/** The inventory without timings: what a reader of `status` or the planner sees. */
+/**
+ * The inventory without timings: what a reader of `status` or the planner sees. Only this
+ * project's trees (their argv name its folder): adapter-like processes other tests start on this
+ * host meanwhile are foreign trees that a targeted read finds at the next sweep only.
+ */
 function shape(inv: ProjectInventory) {
   const tree = (t: AdapterTree) => ({
     top: `${t.topPid}:${t.top?.startTicks}`,
@@ -26,7 +33,10 @@ function shape(inv: ProjectInventory) {
     pidFile: t.pidFile,
   });
   return {
-    adapters: inv.adapters.map(tree).sort((a, b) => a.top.localeCompare(b.top)),
+    adapters: inv.adapters
+      .filter((t) => t.processes.some((p) => p.argv.join(' ').includes(inv.root)))
+      .map(tree)
+      .sort((a, b) => a.top.localeCompare(b.top)),
     pidFiles: inv.pidFiles.map((f) => `${f.name}:${f.verdict}:${f.reason}`).sort(),
     server: { alive: inv.server.alive, pid: inv.server.identity?.pid, cwd: inv.server.cwd },
     sources: Object.fromEntries(Object.entries(inv.sources).map(([k, h]) => [k, h.ok])),
@@ -89,6 +99,30 @@ describe.skipIf(!supported)('targeted reads give the same inventory as full swee
     }
   });
 
+  it('a focused re-verification reads one tree (and the server) and gives that tree as the full sweep does; the memory of the others stays', () => {
+    const full = new ProjectSession({ root: project.root, policy, env: {}, fullSweepSeconds: 0 });
+    const s = new ProjectSession({ root: project.root, policy, env: {} });
+    try {
+      const now = Date.now() / 1000;
+      s.collect(now);
+      const a = full.collect(now);
+      for (const t of a.adapters.filter((x) => x.verdict !== 'in-vm')) {
+        const b = s.collect(now, { purpose: 'recheck', focus: [t.topPid, ...t.processes.map((p) => p.pid)] });
+        expect(s.lastRead?.mode).toBe('targeted');
+        expect(s.lastRead!.processes).toBeLessThan(t.processes.length + 6);
+        const fresh = b.adapters.find((x) => x.topPid === t.topPid)!;
+        const one = (inv: ProjectInventory, x: AdapterTree) => shape({ ...inv, adapters: [x], pidFiles: [] }).adapters;
+        expect(one(b, fresh)).toEqual(one(a, t));
+      }
+      // The next cycle still sees every tree, targeted.
+      expect(shape(s.collect(now))).toEqual(shape(full.collect(now)));
+      expect(s.lastRead?.mode).toBe('targeted');
+    } finally {
+      full.close();
+      s.close();
+    }
+  });
+
   it('a re-verification right before a kill never sweeps; a cycle sweeps once the period is over', async () => {
     const s = new ProjectSession({ root: project.root, policy, env: {}, fullSweepSeconds: 0.3 });
     try {
@@ -99,7 +133,9 @@ describe.skipIf(!supported)('targeted reads give the same inventory as full swee
       s.collect(undefined, { purpose: 'recheck' });
       expect(s.lastRead?.mode).toBe('targeted');
       s.collect();
-      expect(s.lastRead).toMatchObject({ mode: 'full', sweepReason: 'period' });
+      // 'inconsistent' when a remembered process went away meanwhile (other tests share this host).
+      expect(s.lastRead?.mode).toBe('full');
+      expect(['period', 'inconsistent']).toContain(s.lastRead?.sweepReason);
     } finally {
       s.close();
     }
@@ -182,5 +218,14 @@ while True: time.sleep(1)`;
     } finally {
       fresh.close();
     }
+    // Reaped with its tree: the group signal cannot reach it, its own signal does (re-identified first).
+    const inv2 = session.collect();
+    const p = plan(inv2, policy, { allLeaked: true, orphans: false, sessions: false, jobs: [], pids: [], force: false, gc: true }, selfPlanContext(false));
+    expect(p.actions.map((a) => a.kind === 'kill-tree' && a.tree.topPid)).toContain(topPid);
+    const report = await executePlan(p, { session, actor: 'cli', audit: new AuditLog(`${project.root}/audit.jsonl`), killWaitMs: 2000, gc: false });
+    const r = report.results.find((x) => x.kind === 'kill-tree' && x.topPid === topPid) as KillTreeResult;
+    expect(r.outcome).toBe('ok');
+    expect(r.processes.find((o) => o.pid === py!.pid)).toMatchObject({ result: 'gone', signals: [{ signal: 'SIGTERM', via: 'process' }] });
+    expect(await waitUntil(() => readIdentity(py!.pid)?.startTicks !== py!.startTicks || readIdentity(py!.pid)?.state === 'Z')).toBe(true);
   });
 });

@@ -160,3 +160,17 @@ describe('parseBtime', () => {
     { name: 'not a prefix match', text: 'xbtime 12\n', want: null },
   ])('$name', ({ text, want }) => expect(parseBtime(text)).toBe(want));
 });
+
+describe('parseChildren and num_threads', () => {
+  it('reads the space-separated pids of a children file; malformed is null', async () => {
+    const { parseChildren } = await import('../../src/sources/proc-stat.js');
+    expect(parseChildren('')).toEqual([]);
+    expect(parseChildren('123 456 ')).toEqual([123, 456]);
+    expect(parseChildren('12 x ')).toBeNull();
+    expect(parseChildren('0 ')).toBeNull();
+  });
+
+  it('parseStat gives field 20, the number of threads', () => {
+    expect(parseStat(statLine('1234 (node) S 1 1234 1234'))?.numThreads).toBe(1);
+  });
+});
