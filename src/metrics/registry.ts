@@ -6,7 +6,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { REAP_COUNTER_VERDICTS, REFUSAL_COUNTED, SESSION_KILL_VERDICT } from '../core/vocabulary.js';
 import { sessionCounts } from '../core/report.js';
-import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, SESSION_VERDICTS, type ProjectInventory } from '../core/types.js';
+import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, SESSION_VERDICTS, type ProjectInventory, type SourceHealth } from '../core/types.js';
 
 export const PREFIX = 'stepwise_watchdog_';
 /** Refusal reasons counted (waiting out a grace is not a refusal), plus re-verification skips. */
@@ -142,36 +142,30 @@ export class WatchdogMetrics {
         }
       },
     });
-    new Gauge({
-      name: `${PREFIX}source_unreadable_entries`,
-      help: 'Entries a source listed but could not read in the last cycle (processes: pids whose files were unreadable; judged unknown, never dead, never signalled).',
-      labelNames: ['project', 'source'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          for (const s of SOURCES) {
-            const n = inv.sources[s]?.unreadable;
-            if (n !== undefined) this.set({ project: inv.root, source: s }, n);
+    // One series per project and source, for what each source's health says of its last read.
+    const perSource = (name: string, help: string, value: (h: SourceHealth) => number | undefined) =>
+      new Gauge({
+        name: `${PREFIX}${name}`,
+        help,
+        labelNames: ['project', 'source'],
+        registers: [r],
+        collect() {
+          this.reset();
+          for (const inv of inventories()) {
+            for (const s of SOURCES) {
+              const h = inv.sources[s];
+              const v = h ? value(h) : undefined;
+              if (v !== undefined) this.set({ project: inv.root, source: s }, v);
+            }
           }
-        }
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}source_duration_seconds`,
-      help: 'How long reading each source took in the last cycle.',
-      labelNames: ['project', 'source'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          for (const s of SOURCES) {
-            const h = inv.sources[s];
-            if (h) this.set({ project: inv.root, source: s }, h.durationSeconds);
-          }
-        }
-      },
-    });
+        },
+      });
+    perSource(
+      'source_unreadable_entries',
+      'Entries a source listed but could not read in the last cycle (processes: pids whose files were unreadable; judged unknown, never dead, never signalled).',
+      (h) => h.unreadable,
+    );
+    perSource('source_duration_seconds', 'How long reading each source took in the last cycle.', (h) => h.durationSeconds);
     new Gauge({
       name: `${PREFIX}server_up`,
       help: "Whether the project's stepwise server is alive (verified pid and start time).",

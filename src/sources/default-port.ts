@@ -18,6 +18,12 @@ export function processPortFor(source: ProcessSource, procRoot: string = DEFAULT
     : { port: psPort(), why: `auto: no proc filesystem at ${procRoot}, reading ps` };
 }
 
+/** A `--process-source` value given to a command that reads no config (demo, guard): checked here, as the schema does. */
+export function processSourceOf(value: unknown): ProcessSource | { error: string } {
+  const v = value ?? 'auto';
+  return (PROCESS_SOURCES as readonly unknown[]).includes(v) ? (v as ProcessSource) : { error: `--process-source ${JSON.stringify(v)}: must be one of ${PROCESS_SOURCES.join(', ')}` };
+}
+
 let fallback: ProcessPort | null = null;
 
 /** The port used when none is injected: auto on the real root, built once. */

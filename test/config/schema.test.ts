@@ -69,3 +69,12 @@ describe('help texts come from the schema', () => {
     expect(optionText('gc')[1]).not.toMatch(/default/);
   });
 });
+
+describe('--process-source for commands that read no config (demo, guard)', () => {
+  it('takes auto, proc, ps (auto when absent) and names a bad value', async () => {
+    const { processSourceOf } = await import('../../src/sources/default-port.js');
+    expect(processSourceOf(undefined)).toBe('auto');
+    expect(processSourceOf('ps')).toBe('ps');
+    expect(processSourceOf('sysctl')).toEqual({ error: '--process-source "sysctl": must be one of auto, proc, ps' });
+  });
+});

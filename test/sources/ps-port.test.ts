@@ -73,7 +73,7 @@ const alive = (pid: number) => {
   return r.kind !== 'gone' && !(r.kind === 'live' && r.id.state === 'Z');
 };
 
-/** Missing tools: the suite then skips and says which. */
+/** Missing tools: the suite then skips and says which; under CI=true (where .ci/run installs them) it fails instead. */
 const tools = (['ps', 'lsof'] as const).filter((t) => spawnSync(t, t === 'ps' ? ['-p', '1'] : ['-v'], { stdio: 'ignore' }).error !== undefined);
 
 beforeAll(async () => {
@@ -98,6 +98,10 @@ beforeAll(async () => {
 afterAll(async () => {
   await project?.stop();
   built?.cleanup();
+});
+
+it.runIf(tools.length > 0 && process.env.CI === 'true')('CI has ps and lsof (.ci/run installs them)', () => {
+  expect(tools).toEqual([]);
 });
 
 describe.skipIf(tools.length > 0)(`--process-source ps against /proc, on the same live host${tools.length ? ` (skipped: ${tools.join(' and ')} not installed; .ci/run installs them)` : ''}`, () => {

@@ -13,7 +13,7 @@ import { buildDemoProject, type DemoProject } from '../../demo/scenario.js';
 import { AuditLog } from '../../effects/audit-log.js';
 import { executePlan, summarise } from '../../effects/execute.js';
 import { selfPlanContext } from '../../effects/self.js';
-import { PROCESS_SOURCES, processPortFor, type ProcessSource } from '../../sources/default-port.js';
+import { processPortFor, processSourceOf } from '../../sources/default-port.js';
 import { EXIT, UserError, type CliIO } from '../io.js';
 
 /** Sleep, cut short by the stop signal; false when interrupted. */
@@ -41,9 +41,9 @@ export default async function demo(opts: Record<string, unknown>, io: CliIO): Pr
   // Short graces so the demo can show `unreferenced` and reap without waiting a minute.
   const policy: Policy = { ...DEFAULT_POLICY, spawnGraceSeconds: 3, terminalGraceSeconds: 3 };
   // One process port for the demo's reads, its plan and its kills.
-  const source = opts.processSource ?? 'auto';
-  if (!(PROCESS_SOURCES as readonly unknown[]).includes(source)) throw new UserError(`--process-source ${JSON.stringify(source)}: must be one of ${PROCESS_SOURCES.join(', ')}`);
-  const processes = processPortFor(source as ProcessSource).port;
+  const source = processSourceOf(opts.processSource);
+  if (typeof source === 'object') throw new UserError(source.error);
+  const processes = processPortFor(source).port;
   const say = (line = '') => io.stdout(`${line}\n`);
   const interrupted = () => {
     say('Interrupted: stopping every demo process.');

@@ -11,7 +11,7 @@ import {
   type PythonEnv,
 } from '../../guard/python-env.js';
 import type { ProcessPort } from '../../sources/process-port.js';
-import { defaultProcessPort } from '../../sources/default-port.js';
+import { defaultProcessPort, processPortFor, processSourceOf } from '../../sources/default-port.js';
 import { findProjectRoot, readServerPidFile } from '../../sources/project.js';
 import { EXIT, UserError, type CliIO } from '../io.js';
 
@@ -91,7 +91,10 @@ export function sessionClosingText(l: NonNullable<GuardStatus['loadedInServer']>
 }
 
 export function resolveEnv(opts: Record<string, unknown>, io: CliIO): { env: PythonEnv; server: ReturnType<typeof liveServer> } {
-  const server = liveServer(opts, io);
+  // The process source the user asked for (--process-source), as every other command reads it.
+  const source = processSourceOf(opts.processSource);
+  if (typeof source === 'object') throw new UserError(source.error, EXIT.usage);
+  const server = liveServer(opts, io, processPortFor(source, typeof opts.procRoot === 'string' ? opts.procRoot : undefined).port);
   try {
     const choice = findPython({ python: (opts.python as string | undefined) ?? null, env: io.env, serverArgv: server?.argv ?? null });
     return { env: inspectPython(choice), server };
