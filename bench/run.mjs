@@ -41,6 +41,7 @@ const quick = argv.includes('--quick');
 const keep = argv.includes('--keep');
 const only = (argv.find((a) => a.startsWith('--only=')) ?? '').slice('--only='.length).split(',').filter(Boolean);
 const want = (section) => only.length === 0 || only.includes(section);
+const soakVariantsArg = (argv.find((a) => a.startsWith('--soak-variants=')) ?? '').slice('--soak-variants='.length).split(',').filter(Boolean);
 const DEFAULT_INTERVAL_SECONDS = 15; // `run --interval` default
 const DEFAULT_FULL_SWEEP_SECONDS = 60; // `run --full-sweep-seconds` default
 if (argv.includes('--help') || argv.includes('-h')) {
@@ -48,6 +49,7 @@ if (argv.includes('--help') || argv.includes('-h')) {
   --quick   scaled down (1,000 processes, 100k-run store, fewer samples): under a minute
   --only    run only these sections (the synthetic host is always built for cycle/daemon)
   --keep    keep the temporary work folder (logs, audit trails)
+  --soak-variants=default,tuned   which soak variants to run (default: the mode's)
 `);
   process.exit(0);
 }
@@ -430,7 +432,7 @@ try {
 
   if (want('soak')) {
     results.soak = {};
-    for (const variant of CFG.soakVariants) {
+    for (const variant of soakVariantsArg.length ? soakVariantsArg : CFG.soakVariants) {
       await fillTo(fillers, CFG.procs);
       const nodeFlags = variant === 'tuned' ? TUNED_NODE_FLAGS : [];
       log(`soak (${variant}${nodeFlags.length ? ` ${nodeFlags.join(' ')}` : ''}): ${CFG.soakJobs.toLocaleString('en')} jobs, ${CFG.soakJobsPerTree} per adapter tree, budget ${CFG.soakBudgetSeconds} s…`);

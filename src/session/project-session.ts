@@ -107,7 +107,8 @@ export class ProjectSession {
     const table = procs.health.ok || procs.table.processes.length > 0 ? { ...procs.table, remembered: [...this.members.values()] } : null;
     const probed = procs.mode === 'targeted' ? (procs.probed ?? new Set<number>()) : null;
     this.lastRead = { mode: procs.mode, sweepReason: procs.mode === 'full' ? (sweep ?? 'no children files') : null, processes: procs.table.processes.length };
-    if (procs.mode === 'full' && procs.health.ok) this.lastSweepAt = nowMs();
+    // A sweep that listed the host counts, also when some entries were unreadable (said in its health).
+    if (procs.mode === 'full' && procs.table.processes.length > 0) this.lastSweepAt = nowMs();
     if (probed && table && !focus) this.noteInconsistency(table.processes, probed);
 
     const serverT0 = performance.now();
