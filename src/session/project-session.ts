@@ -106,7 +106,8 @@ export class ProjectSession {
     sources.processes = procs.health;
     const table = procs.health.ok || procs.table.processes.length > 0 ? { ...procs.table, remembered: [...this.members.values()] } : null;
     const probed = procs.mode === 'targeted' ? (procs.probed ?? new Set<number>()) : null;
-    this.lastRead = { mode: procs.mode, sweepReason: procs.mode === 'full' ? (sweep ?? 'no children files') : null, processes: procs.table.processes.length };
+    const sweepReason = procs.mode === 'full' ? (sweep ?? 'no children files') : null;
+    this.lastRead = { mode: procs.mode, sweepReason, processes: procs.table.processes.length, ...(sweepReason === 'inconsistent' && this.inconsistency ? { inconsistency: this.inconsistency } : {}) };
     // A sweep that listed the host counts, also when some entries were unreadable (said in its health).
     if (procs.mode === 'full' && procs.table.processes.length > 0) this.lastSweepAt = nowMs();
     if (probed && table && !focus) this.noteInconsistency(table.processes, probed);
@@ -197,13 +198,15 @@ export class ProjectSession {
   }
 
   /** What the last collect read: a full sweep (and why) or a targeted read; how many processes. */
-  lastRead: { mode: 'full' | 'targeted'; sweepReason: SweepReason; processes: number } | null = null;
+  lastRead: { mode: 'full' | 'targeted'; sweepReason: SweepReason; processes: number; inconsistency?: string } | null = null;
 
   /** Every process of every tree, by pid: the next targeted read starts from them (pruned every read). */
   private members = new Map<number, RememberedMember & { pgid: number }>();
   private filePids = new Set<number>();
   private lastSweepAt: number | null = null;
   private sweepDue = false;
+  /** What made the targeted view inconsistent (said in the next sweep's lastRead). */
+  private inconsistency: string | null = null;
 
   private sweepReason(purpose: 'cycle' | 'recheck'): SweepReason {
     const period = this.options.fullSweepSeconds ?? DEFAULT_FULL_SWEEP_SECONDS;
@@ -240,6 +243,7 @@ export class ProjectSession {
       if (!probed.has(m.pid)) continue;
       if (!p || p.startTicks !== m.startTicks || p.pgid !== m.pgid) {
         this.sweepDue = true;
+        this.inconsistency = !p || p.startTicks !== m.startTicks ? `member ${m.pid} of tree ${m.topPid} gone` : `member ${m.pid} of tree ${m.topPid} left group ${m.pgid} for ${p.pgid}`;
         return;
       }
     }
@@ -252,7 +256,10 @@ export class ProjectSession {
       for (const p of t.processes) next.set(p.pid, { pid: p.pid, startTicks: p.startTicks, pgid: p.pgid, topPid: t.topPid, topStartTicks: t.top.startTicks });
     }
     this.members = next;
-    if (this.lastRead?.mode === 'full') this.sweepDue = false;
+    if (this.lastRead?.mode === 'full') {
+      this.sweepDue = false;
+      this.inconsistency = null;
+    }
   }
 
   private interesting = new Set<number>();
