@@ -16,6 +16,12 @@ export interface StoreReaderOptions {
    */
   retainFinishedMs?: number;
   /**
+   * At most this many such runs (default 10 000; the oldest go first), so a burst of finished
+   * jobs cannot grow the reader without bound. They are checked in memory, never re-read: only a
+   * cancelled run is written to by the engine after it finished.
+   */
+  retainFinishedMax?: number;
+  /**
    * Keep (and re-read) cancelled runs this long (default 20 min): a cancelled job's step may
    * retry within the engine's backoff window and record a new adapter on the cancelled run.
    * The larger of this and retainFinishedMs applies to them.

@@ -64,7 +64,11 @@ export class StoreReader {
   private watermark = 0;
   private tail: { rid: number; id: string }[] = [];
   private tracked = new Map<string, Tracked>();
+  /** Finished agent runs kept a while, checked in memory against the pids of interest. */
   private retained = new Map<string, Retained>();
+  /** Cancelled agent runs kept for the retry window, re-read by primary key (the engine writes to them). */
+  private retainedCancelled = new Map<string, Retained>();
+  private readonly retainMax: number;
   private failReasons = new Map<string, { updatedAt: string | null; reason: string | null }>();
   private lastFullSyncAt = 0;
   private pendingResync: ResyncReason | null = null;
@@ -78,6 +82,7 @@ export class StoreReader {
     this.resyncIntervalMs = options.resyncIntervalMs ?? 3_600_000;
     this.retainMs = options.retainFinishedMs ?? 300_000;
     this.retainCancelledMs = options.retainCancelledMs ?? 20 * 60_000;
+    this.retainMax = Math.max(0, options.retainFinishedMax ?? 10_000);
     this.staleToleranceSeconds = options.staleToleranceSeconds ?? 5;
     this.chunk = Math.max(1, options.fullScanChunkRowids ?? 50_000);
     this.now = options.now ?? Date.now;
@@ -159,7 +164,7 @@ export class StoreReader {
           newRows: step.newRows,
           reReadRuns: step.reRead,
           trackedRuns: this.tracked.size,
-          retainedRuns: this.retained.size,
+          retainedRuns: this.retained.size + this.retainedCancelled.size,
           skippedRows: this.skipped.size,
           watermark: this.watermark,
         };
@@ -238,6 +243,7 @@ export class StoreReader {
     this.tail = [];
     this.tracked.clear();
     this.retained.clear();
+    this.retainedCancelled.clear();
     this.failReasons.clear();
   }
 
@@ -250,6 +256,7 @@ export class StoreReader {
     const sql = this.sql!;
     this.tracked.clear();
     this.retained.clear();
+    this.retainedCancelled.clear();
     this.failReasons.clear();
     this.watermark = 0;
     this.tail = [];
@@ -285,6 +292,7 @@ export class StoreReader {
   private ingest(r: RawRun, interest: Interest, source: 'scan' | 'new' | 'reread'): void {
     const p = parseRun(r);
     this.retained.delete(p.id);
+    this.retainedCancelled.delete(p.id);
     if (!p.run) {
       this.skipped.add(p.id);
       // Keep following an open run even while its state does not parse; drop finished ones.
@@ -304,7 +312,12 @@ export class StoreReader {
     const cancelled = p.run.status === 'cancelled' && this.retainCancelledMs > 0;
     // History from a full scan is not retained, except recently cancelled runs (see fullChunk).
     const retain = () => {
-      if (cancelled || (source !== 'scan' && this.retainMs > 0)) this.retained.set(p.id, { run: p.run!, since: this.now() });
+      if (cancelled) this.retainedCancelled.set(p.id, { run: p.run!, since: this.now() });
+      else if (source !== 'scan' && this.retainMs > 0 && this.retainMax > 0) {
+        this.retained.set(p.id, { run: p.run!, since: this.now() });
+        // Insertion order is age order (ingest deletes before it sets): drop the oldest.
+        if (this.retained.size > this.retainMax) this.retained.delete(this.retained.keys().next().value!);
+      }
     };
     if (p.run.pid === null) {
       if (cancelled) retain();
@@ -359,29 +372,36 @@ export class StoreReader {
       }
       if (this.tail.length > TAIL_SIZE) this.tail.splice(0, this.tail.length - TAIL_SIZE);
 
-      // 3. Recently finished runs: re-read by primary key (the engine may still write to them:
-      // a cancelled job's step retries and records its new adapter on the cancelled run), and
-      // they come back when their pid became of interest. Cancelled runs are kept for the
-      // engine's retry window (5 retries, 30 s doubling backoff: ~16 min), others briefly.
+      // 3. Recently finished runs come back when their pid became of interest (the process
+      // scan and the store read are not atomic). Cancelled ones are re-read by primary key: the
+      // engine may still write to them (a cancelled job's step retries and records its new
+      // adapter on the cancelled run) within its retry window (5 retries, 30 s doubling
+      // backoff: ~16 min). Other finished runs are never written again: they are checked in
+      // memory, and one that comes back is re-read with the tracked runs in step 4.
       const nowMs = this.now();
-      if (this.retained.size > 0) {
-        const rows = db.prepare(sql.runsById).all({ ids: JSON.stringify([...this.retained.keys()]) }) as RawRun[];
+      for (const [id, r] of this.retained) {
+        if (namesLiveProcess(r.run, interest)) {
+          this.retained.delete(id);
+          this.tracked.set(id, { run: r.run, open: false, agentStep: true });
+        } else if (nowMs - r.since >= this.retainMs) this.retained.delete(id);
+      }
+      if (this.retainedCancelled.size > 0) {
+        const rows = db.prepare(sql.runsById).all({ ids: JSON.stringify([...this.retainedCancelled.keys()]) }) as RawRun[];
         const back = new Map(rows.map((r) => [String(r.id), r] as const));
-        for (const [id, r] of this.retained) {
+        for (const [id, r] of this.retainedCancelled) {
           const raw = back.get(id);
           const p = raw ? parseRun(raw) : null;
           if (!p || !p.run) {
-            this.retained.delete(id); // deleted by the engine, or no longer parses
+            this.retainedCancelled.delete(id); // deleted by the engine, or no longer parses
             continue;
           }
           if (p.open || (p.agentStep && namesLiveProcess(p.run, interest))) {
-            this.retained.delete(id);
+            this.retainedCancelled.delete(id);
             this.tracked.set(id, { run: p.run, open: p.open, agentStep: p.agentStep });
             continue;
           }
           r.run = p.run;
-          const keep = p.run.status === 'cancelled' ? Math.max(this.retainMs, this.retainCancelledMs) : this.retainMs;
-          if (nowMs - r.since >= keep) this.retained.delete(id);
+          if (nowMs - r.since >= Math.max(this.retainMs, this.retainCancelledMs)) this.retainedCancelled.delete(id);
         }
       }
 

@@ -501,6 +501,30 @@ describe('rows', () => {
     db.close();
   });
 
+  it('keeps at most retainFinishedMax finished runs (the oldest go first), checked in memory, not re-read', () => {
+    const { p, db } = newStore();
+    let clock = 1_000_000;
+    const reader = new StoreReader({ dbPath: p, retainFinishedMs: 60_000, retainFinishedMax: 3, resyncIntervalMs: 0, now: () => clock });
+    reader.read({ pidsOfInterest: new Set() }); // history read: nothing yet
+    for (const pid of [201, 202, 203, 204, 205]) {
+      const job = insertJob(db, { id: `job-${pid}`, status: 'failed' });
+      insertRun(db, { id: `run-${pid}`, jobId: job, status: 'failed', executorState: agentExecutorState({ pid }) });
+    }
+    let r = reader.read({ pidsOfInterest: new Set() }); // five new finished runs, no pid of interest
+    expect(r.snapshot!.runs).toEqual([]);
+    expect(reader.lastReadStats?.retainedRuns).toBe(3);
+    clock += 1_000;
+    r = reader.read({ pidsOfInterest: new Set() });
+    expect(reader.lastReadStats?.reReadRuns).toBe(0); // finished runs are not read again
+    // 201 and 202 were dropped (the oldest); 205 comes back when its pid turns up, re-read by
+    // primary key as it does (the copy in memory is not what the snapshot gives).
+    updateRun(db, 'run-205', { executorState: agentExecutorState({ pid: 205, sessionId: 'late' }) });
+    r = reader.read({ pidsOfInterest: new Set([201, 205]) });
+    expect(r.snapshot!.runs.map((x) => `${x.id}:${x.sessionId}`)).toEqual(['run-205:late']);
+    expect(reader.lastReadStats?.retainedRuns).toBe(2);
+    db.close();
+  });
+
   it('with process start times, ignores runs that name an earlier process with the same pid', () => {
     const { p, db } = newStore();
     const now = Date.now();
