@@ -1,11 +1,10 @@
 // The sidecar assembled: sessions, metrics, executor, watchdog loop, file watcher and the HTTP
-// app (not listening: `run` listens, tests inject). Built from one validated Config.
+// app (not listening: `run` listens). Built from one validated Config.
 
-import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import { runtimeFromConfig } from '../session/runtime.js';
-import { buildServer } from '../http/app.js';
+import { buildServer, type WatchdogHttp } from '../http/app.js';
 import { WatchdogMetrics } from '../metrics/registry.js';
 import { watchedProcess } from '../sources/watched-process.js';
 import { sessionsFromConfig, type ProjectSessionOptions } from '../session/project-session.js';
@@ -15,7 +14,7 @@ import { Watchdog } from './watchdog.js';
 
 export interface Daemon {
   watchdog: Watchdog;
-  app: FastifyInstance;
+  app: WatchdogHttp;
   metrics: WatchdogMetrics;
   auditLogPath: string;
   /** First cycle now, then on schedule; file watching on. */
@@ -76,7 +75,7 @@ export async function createDaemon(
   const watcher = new ChangeWatcher((reason) => watchdog.poke(reason), deps.logger);
   watchdog.onCycle = (inventories) => watcher.update(ChangeWatcher.pathsFor(inventories));
 
-  const app = await buildServer({
+  const app = buildServer({
     metrics,
     inventories: () => watchdog.inventories(),
     cycleStatus: () => watchdog.status,
@@ -84,6 +83,7 @@ export async function createDaemon(
     reap: (req) => explicitReap(req, { watchdog, sessions, policy, planContext, executor, observeOnly: config.observeOnly }),
     token: deps.token,
     readyMaxAgeSeconds: config.interval * 3 + 30,
+    logError: (err, msg) => deps.logger.error({ err }, msg),
   });
 
   let stopped: Promise<void> | null = null;

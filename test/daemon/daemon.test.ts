@@ -7,6 +7,7 @@ import { loadConfig } from '../../src/config/schema.js';
 import { createDaemon, type Daemon } from '../../src/daemon/daemon.js';
 import { readIdentity } from '../../src/sources/processes.js';
 import { pyIsoformat, updateRun } from '../../src/demo/kit/stepwise-schema.js';
+import { request } from '../helpers/http.js';
 import { createTempProject, goneOrZombie, waitUntil, type TempProject } from '../helpers/temp-project.js';
 
 let project: TempProject | null = null;
@@ -47,7 +48,7 @@ describe('the daemon loop', () => {
     project = await createTempProject();
     await start({ interval: 600, observeOnly: true });
     const before = count();
-    const res = await daemon!.app.inject({ method: 'POST', url: '/api/poke' });
+    const res = await request(daemon!.app, { method: 'POST', url: '/api/poke' });
     expect(res.statusCode).toBe(202);
     expect(await waitUntil(() => count() > before, 15_000)).toBe(true);
   });
@@ -94,7 +95,7 @@ describe('the daemon loop', () => {
     const token = 'a-test-token-that-is-long-enough';
     const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
     await start({ interval: 600 }, undefined, token);
-    const res = await daemon!.app.inject({ method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ jobs: ['job-nope'] }) });
+    const res = await request(daemon!.app, { method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ jobs: ['job-nope'] }) });
     expect(res.statusCode).toBe(200);
     expect(res.json().results).toEqual([expect.objectContaining({ kind: 'refusal', code: 'not_found', target: 'job job-nope' })]);
     expect(await daemon!.metrics.metrics()).toContain(`stepwise_watchdog_refusals_total{project="${project.root}",reason="not_found"} 1`);
@@ -102,10 +103,10 @@ describe('the daemon loop', () => {
 
     const a = await project.spawnAdapter({ job: { status: 'failed', endedSecondsAgo: 600 }, tree: { holdMb: 0 } });
     await start({ interval: 600, observeOnly: true }, undefined, token);
-    const refused = await daemon!.app.inject({ method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ allLeaked: true }) });
+    const refused = await request(daemon!.app, { method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ allLeaked: true }) });
     expect(refused.statusCode).toBe(409);
     expect(refused.json().error).toMatch(/--observe-only/);
-    const dry = await daemon!.app.inject({ method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ allLeaked: true, dryRun: true }) });
+    const dry = await request(daemon!.app, { method: 'POST', url: '/api/reap', headers: auth, payload: JSON.stringify({ allLeaked: true, dryRun: true }) });
     expect(dry.statusCode).toBe(200);
     expect(dry.json().plan.actions).toEqual([expect.objectContaining({ kind: 'kill-tree', topPid: a.tree.topPid })]);
     expect(a.tree.identities.every((id) => readIdentity(id.pid) !== null)).toBe(true);

@@ -1,10 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { FastifyInstance } from 'fastify';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ProjectInventory } from '../../src/core/types.js';
-import { buildServer, type ApiReapRequest, type AppDeps } from '../../src/http/app.js';
+import { BODY_LIMIT_BYTES, buildServer, type ApiReapRequest, type AppDeps, type WatchdogHttp } from '../../src/http/app.js';
+import { request, type HttpRequest } from '../helpers/http.js';
 import { WatchdogMetrics } from '../../src/metrics/registry.js';
 import { fixtureInventory } from '../helpers/leak-fixture.js';
 
@@ -30,7 +30,8 @@ function metricsFor(inventories: ProjectInventory[]) {
   );
 }
 
-let app: FastifyInstance | null = null;
+let app: WatchdogHttp | null = null;
+const inject = (req: HttpRequest) => request(app!, req);
 afterEach(async () => {
   await app?.close();
   app = null;
@@ -38,7 +39,7 @@ afterEach(async () => {
 
 async function makeApp(over: Partial<AppDeps> = {}) {
   const calls = { pokes: 0, reaps: [] as ApiReapRequest[] };
-  app = await buildServer({
+  app = buildServer({
     metrics: metricsFor([inv]),
     inventories: () => [inv],
     cycleStatus: () => ({ ok: true, at: inv.now, problems: [] }),
@@ -71,7 +72,7 @@ describe('/metrics', () => {
 
   it('is served with the Prometheus content type', async () => {
     await makeApp();
-    const res = await app!.inject({ method: 'GET', url: '/metrics' });
+    const res = await inject({ method: 'GET', url: '/metrics' });
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
     expect(res.body).toContain('stepwise_watchdog_adapters{project="/tmp/stepwise-project",verdict="leaked"} 3');
@@ -87,36 +88,50 @@ describe('/metrics', () => {
 describe('health and inventory', () => {
   it('/healthz is up', async () => {
     await makeApp();
-    expect((await app!.inject('/healthz')).json()).toEqual({ status: 'ok' });
+    expect((await inject('/healthz')).json()).toEqual({ status: 'ok' });
   });
 
   it('/readyz is 200 after a good recent cycle, 503 naming the failing source otherwise', async () => {
     await makeApp();
-    expect((await app!.inject('/readyz')).statusCode).toBe(200);
+    expect((await inject('/readyz')).statusCode).toBe(200);
     await app!.close();
     await makeApp({ cycleStatus: () => ({ ok: false, at: inv.now, problems: ['/p: store down: database locked for more than 2000 ms'] }) });
-    const down = await app!.inject('/readyz');
+    const down = await inject('/readyz');
     expect(down.statusCode).toBe(503);
     expect(down.json().reason).toBe('/p: store down: database locked for more than 2000 ms');
     await app!.close();
     await makeApp({ cycleStatus: () => ({ ok: true, at: inv.now - 600, problems: [] }) });
-    expect((await app!.inject('/readyz')).json().reason).toMatch(/last cycle finished \d+s ago/);
+    expect((await inject('/readyz')).json().reason).toMatch(/last cycle finished \d+s ago/);
     await app!.close();
     await makeApp({ cycleStatus: () => ({ ok: false, at: null, problems: [] }) });
-    expect((await app!.inject('/readyz')).statusCode).toBe(503);
+    expect((await inject('/readyz')).statusCode).toBe(503);
   });
 
   it('/api/inventory is the status --json document, foreign trees only with ?all=1', async () => {
     await makeApp();
-    const doc = (await app!.inject('/api/inventory')).json();
+    const doc = (await inject('/api/inventory')).json();
     expect(doc.projects[0].adapters.map((a: { verdict: string }) => a.verdict)).not.toContain('foreign');
-    const all = (await app!.inject('/api/inventory?all=1')).json();
+    const all = (await inject('/api/inventory?all=1')).json();
     expect(all.projects[0].adapters.map((a: { verdict: string }) => a.verdict)).toContain('foreign');
+  });
+
+  it('a known route with the wrong method is a 405 naming the allowed one; HEAD answers as GET without a body', async () => {
+    const calls = await makeApp();
+    const res = await inject({ method: 'DELETE', url: '/api/reap' });
+    expect(res.statusCode).toBe(405);
+    expect(res.headers.allow).toBe('POST');
+    expect(res.json().error).toBe('DELETE /api/reap: use POST');
+    expect((await inject({ method: 'GET', url: '/api/poke' })).statusCode).toBe(405);
+    expect(calls.pokes).toBe(0);
+    const head = await inject({ method: 'HEAD', url: '/metrics' });
+    expect(head.statusCode).toBe(200);
+    expect(head.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
+    expect(head.body).toBe('');
   });
 
   it('unknown routes get a JSON 404', async () => {
     await makeApp();
-    const res = await app!.inject('/nope');
+    const res = await inject('/nope');
     expect(res.statusCode).toBe(404);
     expect(res.json().error).toMatch(/no route GET \/nope/);
   });
@@ -125,7 +140,7 @@ describe('health and inventory', () => {
 describe('POST /api/poke', () => {
   it('schedules a cycle and has no other effect', async () => {
     const calls = await makeApp();
-    const res = await app!.inject({ method: 'POST', url: '/api/poke' });
+    const res = await inject({ method: 'POST', url: '/api/poke' });
     expect(res.statusCode).toBe(202);
     expect(calls.pokes).toBe(1);
     expect(calls.reaps).toEqual([]);
@@ -134,7 +149,7 @@ describe('POST /api/poke', () => {
   it('is rate limited', async () => {
     const calls = await makeApp({ pokeRatePerSecond: 3 });
     const codes: number[] = [];
-    for (let i = 0; i < 6; i++) codes.push((await app!.inject({ method: 'POST', url: '/api/poke' })).statusCode);
+    for (let i = 0; i < 6; i++) codes.push((await inject({ method: 'POST', url: '/api/poke' })).statusCode);
     expect(codes.filter((c) => c === 202)).toHaveLength(3);
     expect(codes.filter((c) => c === 429)).toHaveLength(3);
     expect(calls.pokes).toBe(3);
@@ -143,7 +158,7 @@ describe('POST /api/poke', () => {
 
 describe('POST /api/reap', () => {
   const post = (body: unknown, auth: string | null = `Bearer ${TOKEN}`, raw = false) =>
-    app!.inject({
+    inject({
       method: 'POST',
       url: '/api/reap',
       headers: { ...(auth ? { authorization: auth } : {}), 'content-type': 'application/json' },
@@ -179,6 +194,19 @@ describe('POST /api/reap', () => {
     expect(calls.reaps).toEqual([]);
   });
 
+  it('refuses another content type (415), a body over the limit (413), and says why', async () => {
+    const calls = await makeApp();
+    const text = await inject({ method: 'POST', url: '/api/reap', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'text/plain' }, payload: '{"allLeaked":true}' });
+    expect(text.statusCode).toBe(415);
+    expect(text.json().error).toBe('content-type text/plain: send application/json');
+    const big = await post({ jobs: ['x'.repeat(BODY_LIMIT_BYTES)] });
+    expect(big.statusCode).toBe(413);
+    expect(big.json().error).toMatch(/over the 65536-byte limit/);
+    expect((await post('{"allLeaked":', `Bearer ${TOKEN}`, true)).json().error).toMatch(/^body: not JSON \(/);
+    expect(calls.reaps).toEqual([]);
+    expect((await inject('/healthz')).statusCode).toBe(200); // still serving
+  });
+
   it('passes a valid selection through', async () => {
     const calls = await makeApp();
     const res = await post({ jobs: ['job-eb3d1747'], dryRun: true });
@@ -195,6 +223,6 @@ describe('POST /api/reap', () => {
     const res = await post({ allLeaked: true });
     expect(res.statusCode).toBe(500);
     expect(res.json()).toEqual({ error: 'internal error' });
-    expect((await app!.inject('/healthz')).statusCode).toBe(200);
+    expect((await inject('/healthz')).statusCode).toBe(200);
   });
 });

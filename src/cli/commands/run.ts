@@ -47,16 +47,16 @@ export default async function run(opts: Record<string, unknown>, io: CliIO): Pro
     logger.warn({ listen: config.listen }, 'listening beyond loopback: /metrics and /api/inventory are readable by anyone who can reach this address');
     io.stderr(`stepwise-watchdog: warning: listening on ${config.listen}, beyond loopback\n`);
   }
+  let address;
   try {
-    await daemon.app.listen({ host, port });
+    address = await daemon.app.listen({ host, port });
   } catch (err) {
     await daemon.stop();
     throw new UserError(`--listen ${config.listen}: cannot listen (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
-  const address = daemon.app.server.address();
   logger.info(
     {
-      listen: typeof address === 'object' && address ? `${address.address}:${address.port}` : config.listen,
+      listen: `${address.address}:${address.port}`,
       projects: roots,
       observeOnly: config.observeOnly,
       reapOrphans: config.orphans,
