@@ -32,7 +32,7 @@ const { Daemon } = await import('./lib/daemon.mjs');
 const { measureLatency } = await import('./lib/latency.mjs');
 const { soak } = await import('./lib/soak.mjs');
 const { measureReap } = await import('./lib/reap.mjs');
-const { countProcesses, installCleanupHandlers, onCleanup, quantile, round, sleep, summary } = await import('./lib/util.mjs');
+const { countProcesses, installCleanupHandlers, onCleanup, quantile, round, rssSplit, sleep, summary, vmRss } = await import('./lib/util.mjs');
 
 // ── options ───────────────────────────────────────────────────────────────────────────────────
 
@@ -287,6 +287,18 @@ async function measurePhase(name, { P, smallDb, anchor, cBin, iterations, warmup
   };
 }
 
+/** The floor under any daemon: an idle `node -e` (no module loaded), its RSS and split. */
+async function bareNodeRss() {
+  const { spawn } = await import('node:child_process');
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
+  try {
+    await sleep(1000);
+    return { rssBytes: vmRss(child.pid), ...rssSplit(child.pid) };
+  } finally {
+    child.kill('SIGKILL');
+  }
+}
+
 async function daemonRss(label, P, db, seconds, nodeFlags = []) {
   const d = await Daemon.start({
     nodeFlags,
@@ -305,11 +317,14 @@ async function daemonRss(label, P, db, seconds, nodeFlags = []) {
     const s0 = await d.cycleStats();
     const cpu0 = d.cpu();
     const samples = [];
+    const splits = [];
     const tEnd = performance.now() + seconds * 1000;
     while (performance.now() < tEnd) {
       samples.push(d.rss());
+      splits.push(d.rssSplit());
       await sleep(250);
     }
+    const split = (k) => quantile(splits.filter(Boolean).map((x) => x[k]), 0.5);
     const s1 = await d.cycleStats();
     const cpu1 = d.cpu();
     const cycles = s1.count - s0.count;
@@ -320,6 +335,9 @@ async function daemonRss(label, P, db, seconds, nodeFlags = []) {
       rssMedianBytes: quantile(samples, 0.5),
       rssMinBytes: Math.min(...samples),
       rssMaxBytes: Math.max(...samples),
+      // Where it is: anonymous (V8 heap, malloc) vs file-backed (node's executable, addons).
+      rssAnonMedianBytes: split('anonBytes'),
+      rssFileMedianBytes: split('fileBytes'),
       cycles,
       cycleMeanMs: round(((s1.sum - s0.sum) / cycles) * 1000, 2),
       cpuSecondsPerCycle: round((cpu1 - cpu0) / cycles, 4),
@@ -407,6 +425,7 @@ try {
     if (want('daemon')) {
       log('daemon RSS (observe-only, interval 0.5 s)…');
       results.daemon = {};
+      results.daemonBareNode = await bareNodeRss();
       for (const v of CFG.daemonVariants) {
         results.daemon[v] = await daemonRss(v, P, v === 'small' ? smallDbPath : null, CFG.daemonSeconds, v.endsWith('-tuned') ? TUNED_NODE_FLAGS : []);
       }

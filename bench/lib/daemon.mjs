@@ -5,7 +5,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './anchor.mjs';
-import { cpuSeconds, track, vmRss, waitFor } from './util.mjs';
+import { cpuSeconds, rssSplit, track, vmRss, waitFor } from './util.mjs';
 
 export const BIN = fileURLToPath(new URL('../../dist/cli/bin.js', import.meta.url));
 
@@ -94,6 +94,10 @@ export class Daemon {
 
   rss() {
     return vmRss(this.pid);
+  }
+
+  rssSplit() {
+    return rssSplit(this.pid);
   }
 
   cpu() {

@@ -84,10 +84,13 @@ function rows(r) {
   }
   if (r.daemon) {
     sep('daemon (`stepwise-watchdog run --observe-only --interval 0.5`, full host)');
+    const b = r.daemonBareNode;
+    if (b?.rssBytes) add('floor: an idle `node -e` (anonymous / file-backed)', MiB(b.rssBytes), `${MiB(b.anonBytes)} / ${MiB(b.fileBytes)}`);
     for (const d of Object.values(r.daemon)) {
       const store = d.label.startsWith('big') ? runsLabel(r.config.bigRuns) : '10k';
       const flags = d.nodeFlags?.length ? `, ${d.nodeFlags.join(' ')}` : '';
       add(`RSS, ${store}-run store${flags} (median)`, MiB(d.rssMedianBytes), `${MiB(d.rssMinBytes)}–${MiB(d.rssMaxBytes)}; ${d.cycles} cycles, mean ${f(d.cycleMeanMs)} ms, CPU ${f(d.cpuSecondsPerCycle * 1000, 1)} ms/cycle`);
+      if (d.rssAnonMedianBytes) add('  ↳ anonymous / file-backed', `${MiB(d.rssAnonMedianBytes)} / ${MiB(d.rssFileMedianBytes)}`, 'heap and malloc / the node executable and addons');
     }
   }
   if (r.reap) {

@@ -75,6 +75,17 @@ export function childrenOf(pid) {
 }
 
 /** VmRSS of a process in bytes, or null. */
+/** RSS split (bytes): anonymous (heap, malloc), file-backed (the node executable, addons), shmem. */
+export function rssSplit(pid) {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, 'latin1');
+    const kb = (k) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(text)?.[1] ?? NaN) * 1024;
+    return { anonBytes: kb('RssAnon'), fileBytes: kb('RssFile'), shmemBytes: kb('RssShmem') };
+  } catch {
+    return null;
+  }
+}
+
 export function vmRss(pid) {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
