@@ -67,14 +67,14 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
   // read once: identities stay comparable for the life of the port.
   let base: { epoch: number } | null = null;
 
-  const snapshot = (selector: readonly string[]): { rows: PsRow[]; ambiguous: number[] } | { error: string; gone?: boolean } => {
+  const snapshot = (selector: readonly string[]): { rows: PsRow[]; ambiguous: number[]; malformed: number } | { error: string; gone?: boolean } => {
     const r = run(ps, [...selector, '-ww', '-o', PS_FIELDS]);
     if (r.status === null) return { error: failure('ps', r) };
     const parsed = parsePsOutput(r.stdout);
     // `ps -p N` exits 1 with nothing printed when N does not exist; anything else non-zero is a refusal.
     if (r.status !== 0 && !(r.status === 1 && parsed.rows.length === 0 && firstLine(r.stderr) === '')) return { error: failure('ps', r) };
     if (r.status === 1 && parsed.rows.length === 0 && parsed.ambiguous.length === 0) return { error: 'no such process', gone: true };
-    return { rows: parsed.rows, ambiguous: parsed.ambiguous };
+    return { rows: parsed.rows, ambiguous: parsed.ambiguous, malformed: parsed.malformed };
   };
 
   const clockFrom = (rows: readonly PsRow[] | null): { clock: ClockInfo; error?: string } => {
@@ -137,8 +137,14 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
     }
     const processes = rows.filter((r) => !isPsKernelThread(r)).map((r) => toInfo(r, clock.bootTimeEpoch));
     const ambiguous = 'ambiguous' in s ? s.ambiguous : [];
-    const problems = [...(ambiguous.length ? [`${ambiguous.length} pid(s) printed twice, not judged (first: ${ambiguous[0]})`] : []), ...(clockError ? [clockError] : [])];
-    const health: SourceHealth = { ok: problems.length === 0, durationSeconds: duration(), unreadable: ambiguous.length };
+    const malformed = 'malformed' in s ? s.malformed : 0;
+    const problems = [
+      ...(ambiguous.length ? [`${ambiguous.length} pid(s) printed twice, not judged (first: ${ambiguous[0]})`] : []),
+      // A line that does not parse may be a process this table then lacks: said, counted as unreadable.
+      ...(malformed ? [`${malformed} ps line(s) not understood`] : []),
+      ...(clockError ? [clockError] : []),
+    ];
+    const health: SourceHealth = { ok: problems.length === 0, durationSeconds: duration(), unreadable: ambiguous.length + malformed };
     if (problems.length) health.error = `processes degraded: ${problems.join('; ')}`;
     return { table: { processes, clock }, health, unreadablePids: ambiguous, mode: 'full' };
   };

@@ -53,6 +53,15 @@ describe('parsePsOutput (darwin text)', () => {
     expect(t.health.error).toMatch(/1 pid\(s\) printed twice/);
   });
 
+  it('a line it does not understand degrades the table and is counted as unreadable', () => {
+    const odd = `  PID  PPID\n${DARWIN}`; // a header (a ps that ignores the "=" in -o), before any row
+    const t = psPort({ run: () => ({ status: 0, stdout: odd, stderr: '' }) }).table();
+    expect(t.table.processes.map((p) => p.pid)).toContain(412);
+    expect(t.health).toMatchObject({ ok: false, unreadable: 1 });
+    expect(t.health.error).toMatch(/1 ps line\(s\) not understood/);
+    expect(psPort({ run: () => ({ status: 0, stdout: DARWIN, stderr: '' }) }).table().health.ok).toBe(true);
+  });
+
   it('a zombie has no argv (macOS prints "(name)"), and kernel_task is no process of ours', () => {
     expect(rows[4]!.state).toBe('Z');
     expect(psArgv(rows[4]!)).toEqual([]);
