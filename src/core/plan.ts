@@ -3,7 +3,7 @@
 
 import { sessionIdOf } from './sessions.js';
 import type { AdapterSession, AdapterTree, AdapterVerdict, JobRef, PidFileStatus, Policy, ProjectInventory, TreeProcess } from './types.js';
-import { REAPABLE_VERDICTS, REFUSAL_CODES, SESSION_HOST_VERDICTS, SESSION_KILL_VERDICT, type RefusalCode } from './vocabulary.js';
+import { REAPABLE_VERDICTS, REFUSAL_CODES, SESSION_HOST_VERDICTS, SESSION_KILL_VERDICT, SESSION_STOP_VERDICTS, type RefusalCode } from './vocabulary.js';
 
 export interface Selection {
   /** Every leaked tree past the terminal grace. */
@@ -237,8 +237,8 @@ function processesProblem(what: string, processes: readonly TreeProcess[], inv: 
 }
 
 /**
- * Leaked sessions inside adapters that live on for other jobs (active or paused trees): the
- * session's CLI and its descendants only. A tree that is reaped whole takes its sessions with
+ * Leaked sessions inside adapters that live on for other jobs (active trees): the session's CLI
+ * and its descendants only. In a paused job's adapter they wait (refused as 'paused', not counted). A tree that is reaped whole takes its sessions with
  * it; an unattributed session (no run names it yet) and the sessions of live or paused jobs are
  * never selected. The terminal grace applies as for trees; the adoption race holds them too (a
  * starting step may load or fork a session of the same agent).
@@ -250,6 +250,11 @@ function planSessionKills(inv: ProjectInventory, policy: Policy, ctx: PlanContex
     for (const session of tree.sessions) {
       if (session.verdict !== 'leaked') continue;
       const target = `session ${session.sessionId} (pid ${session.pid}) in tree ${tree.topPid}`;
+      if (!SESSION_STOP_VERDICTS.has(tree.verdict)) {
+        const paused = tree.jobs.filter((j) => j.status === 'paused').map((j) => j.id);
+        refuse(target, 'paused', `${session.reason}; held: the adapter serves paused job ${paused.join(', ') || '(unknown)'} and is never touched: the session goes when that job resumes or ends`, false, tree, session);
+        continue;
+      }
       const since = session.lastTerminalEpoch;
       if (since === null) {
         refuse(target, 'grace', `${session.reason}; when its jobs ended is unknown, so the terminal grace cannot be checked`, false, tree, session);
@@ -306,7 +311,7 @@ export function nextGraceExpiry(inv: ProjectInventory, policy: Policy, selection
   for (const t of inv.adapters) {
     if (selection.allLeaked && t.verdict === 'leaked' && t.lastTerminalEpoch !== null) note(t.lastTerminalEpoch + policy.terminalGraceSeconds - inv.now);
     if (selection.orphans && t.verdict === 'orphaned') note(policy.spawnGraceSeconds - t.ageSeconds);
-    if (selection.sessions && SESSION_HOST_VERDICTS.has(t.verdict)) {
+    if (selection.sessions && SESSION_STOP_VERDICTS.has(t.verdict)) {
       for (const s of t.sessions) if (s.verdict === 'leaked' && s.lastTerminalEpoch !== null) note(s.lastTerminalEpoch + policy.terminalGraceSeconds - inv.now);
     }
     // A spawning tree turns unreferenced (a metric change, not a reap) when the spawn grace ends.

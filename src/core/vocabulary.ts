@@ -16,22 +16,26 @@ interface AdapterVerdictRules {
   reapable: boolean;
   /** Never signalled, not even by --force (not provably ours). */
   neverTouch: boolean;
-  /** Its leaked sessions may be stopped while the tree lives on for other jobs. */
-  hostsSessions: boolean;
+  /**
+   * Its leaked sessions: 'stop' (stopped while the tree lives on for other jobs), 'hold' (never
+   * touched while the verdict lasts: said as a wait, not counted as a refusal), 'none'.
+   */
+  sessions: 'stop' | 'hold' | 'none';
   /** Position in the status table: what needs attention first. */
   tableRank: number;
 }
 
 const ADAPTER_VERDICT_RULES: Record<AdapterVerdict, AdapterVerdictRules> = {
-  leaked: { reapable: true, neverTouch: false, hostsSessions: false, tableRank: 0 },
-  orphaned: { reapable: true, neverTouch: false, hostsSessions: false, tableRank: 1 },
-  unreferenced: { reapable: false, neverTouch: false, hostsSessions: false, tableRank: 2 },
-  spawning: { reapable: false, neverTouch: false, hostsSessions: false, tableRank: 3 },
-  active: { reapable: false, neverTouch: false, hostsSessions: true, tableRank: 4 },
-  // A paused job's adapter is never reaped; a session in it that no job can resume is (see plan.ts).
-  paused: { reapable: false, neverTouch: false, hostsSessions: true, tableRank: 5 },
-  'in-vm': { reapable: false, neverTouch: true, hostsSessions: false, tableRank: 6 },
-  foreign: { reapable: false, neverTouch: true, hostsSessions: false, tableRank: 7 },
+  leaked: { reapable: true, neverTouch: false, sessions: 'none', tableRank: 0 },
+  orphaned: { reapable: true, neverTouch: false, sessions: 'none', tableRank: 1 },
+  unreferenced: { reapable: false, neverTouch: false, sessions: 'none', tableRank: 2 },
+  spawning: { reapable: false, neverTouch: false, sessions: 'none', tableRank: 3 },
+  active: { reapable: false, neverTouch: false, sessions: 'stop', tableRank: 4 },
+  // A paused job's adapter is never touched: not reaped, and no session inside it is stopped
+  // (the job resumes on that adapter); its leaked sessions wait for the job to resume or end.
+  paused: { reapable: false, neverTouch: false, sessions: 'hold', tableRank: 5 },
+  'in-vm': { reapable: false, neverTouch: true, sessions: 'none', tableRank: 6 },
+  foreign: { reapable: false, neverTouch: true, sessions: 'none', tableRank: 7 },
 };
 
 const verdictsWhere = (rule: (r: AdapterVerdictRules) => boolean): ReadonlySet<AdapterVerdict> =>
@@ -39,7 +43,10 @@ const verdictsWhere = (rule: (r: AdapterVerdictRules) => boolean): ReadonlySet<A
 
 export const REAPABLE_VERDICTS = verdictsWhere((r) => r.reapable);
 export const NEVER_TOUCH_VERDICTS = verdictsWhere((r) => r.neverTouch);
-export const SESSION_HOST_VERDICTS = verdictsWhere((r) => r.hostsSessions);
+/** Trees whose leaked sessions the planner looks at (to stop them, or to say why it waits). */
+export const SESSION_HOST_VERDICTS = verdictsWhere((r) => r.sessions !== 'none');
+/** Trees whose leaked sessions may be stopped. */
+export const SESSION_STOP_VERDICTS = verdictsWhere((r) => r.sessions === 'stop');
 
 /** Sort key of the status table; an unknown word sorts last, never first. */
 export function tableRank(verdict: string): number {
@@ -62,8 +69,12 @@ export const REFUSAL_CODES = [
   'other_uid',
   'adoption_race',
   'grace',
+  'paused',
 ] as const;
 export type RefusalCode = (typeof REFUSAL_CODES)[number];
+
+/** Refusals that are waits (a grace, a paused job): logged at debug as "held", never counted. */
+export const WAIT_CODES: ReadonlySet<RefusalCode> = new Set<RefusalCode>(['grace', 'paused']);
 
 /** Why a planned kill was held back at re-verification, right before its signal. */
 export const RECHECK_SKIP_CODES = ['identity_changed', 'verdict_changed', 'ownership_changed', 'aborted'] as const;
@@ -73,8 +84,8 @@ export type KillSkipCode = (typeof RECHECK_SKIP_CODES)[number] | RefusalCode;
 export const KILL_FAILURE_CODES = ['eperm', 'still_alive'] as const;
 export type KillFailureCode = (typeof KILL_FAILURE_CODES)[number];
 
-/** refusals_total{reason} series seeded at 0: every refusal that is counted (waiting out a grace is not). */
+/** refusals_total{reason} series seeded at 0: every refusal that is counted (a wait is not). */
 export const REFUSAL_COUNTED: readonly string[] = [
-  ...REFUSAL_CODES.filter((c) => c !== 'grace'),
+  ...REFUSAL_CODES.filter((c) => !WAIT_CODES.has(c)),
   ...RECHECK_SKIP_CODES.filter((c) => c !== 'aborted'),
 ];

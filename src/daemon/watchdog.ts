@@ -5,6 +5,7 @@
 import type { Logger } from 'pino';
 import { nextGraceExpiry, plan, type Plan, type PlanContext, type Selection } from '../core/plan.js';
 import { SlidingTrend } from '../core/trend.js';
+import { WAIT_CODES } from '../core/vocabulary.js';
 import type { Policy, ProjectInventory } from '../core/types.js';
 import type { MetricsSource, ProcessMemory, WatchdogMetrics } from '../metrics/registry.js';
 import type { ProjectSession } from '../session/project-session.js';
@@ -185,8 +186,8 @@ export class Watchdog implements MetricsSource {
 
       const p = plan(inv, this.opts.policy, this.selection, this.opts.planContext);
       for (const r of p.refusals) {
-        // Graces are waits, not refusals: they are not counted, and they set the next wake-up.
-        if (r.code === 'grace') log.debug({ project: inv.root, target: r.target, reason: r.reason }, 'held');
+        // Waits (a grace, a paused job) are not refusals: not counted; a grace sets the next wake-up.
+        if (WAIT_CODES.has(r.code)) log.debug({ project: inv.root, target: r.target, reason: r.reason }, 'held');
         else {
           this.opts.metrics?.recordRefusal(inv.root, r.code);
           log.warn({ project: inv.root, target: r.target, code: r.code, reason: r.reason }, 'refused');

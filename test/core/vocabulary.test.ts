@@ -7,6 +7,7 @@ import {
   REAP_COUNTER_VERDICTS,
   REFUSAL_COUNTED,
   SESSION_HOST_VERDICTS,
+  SESSION_STOP_VERDICTS,
   tableRank,
 } from '../../src/core/vocabulary.js';
 
@@ -16,6 +17,7 @@ describe('the verdict table', () => {
     expect([...NEVER_TOUCH_VERDICTS].sort()).toEqual(['foreign', 'in-vm']);
     expect([...REAPABLE_VERDICTS].filter((v) => NEVER_TOUCH_VERDICTS.has(v))).toEqual([]);
     expect([...SESSION_HOST_VERDICTS].sort()).toEqual(['active', 'paused']);
+    expect([...SESSION_STOP_VERDICTS]).toEqual(['active']); // a paused job's adapter: its sessions wait
   });
 
   it('ranks every verdict once, what needs attention first, and an unknown word last (not first)', () => {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { plan, type KillSessionAction } from '../../src/core/plan.js';
+import { nextGraceExpiry, plan, type KillSessionAction } from '../../src/core/plan.js';
 import { DEFAULT_POLICY } from '../../src/core/types.js';
 import { ProjectSession } from '../../src/session/project-session.js';
 import { AuditLog } from '../../src/effects/audit-log.js';
@@ -202,14 +202,22 @@ describe('stopping a leaked session inside a live adapter', () => {
       expect(p.actions).toEqual([]);
       expect(p.refusals.map((r) => r.code)).toEqual(['grace']);
 
-      // A paused job's session is never a candidate; the failed job's still is once past the grace.
+      // A paused job's adapter is never touched: not even the failed job's session inside it,
+      // past the grace; it is held (a wait, said with the paused job), and goes once the job resumes.
       updateJob(project.db, failedJob, { status: 'failed', updatedAt: pyIsoformat(Date.now() - 120_000) });
       updateJob(project.db, runningJob, { status: 'paused' });
       const inv = session.collect();
       const tree = inv.adapters.find((t) => t.topPid === adapter!.top)!;
       expect(tree.verdict).toBe('paused');
       expect(tree.sessions.find((s) => s.sessionId === SESSION_ACTIVE)?.verdict).toBe('paused');
+      expect(tree.sessions.find((s) => s.pid === adapter!.cliLeaked)?.verdict).toBe('leaked');
       p = plan(inv, DEFAULT_POLICY, selection, ctx);
+      expect(p.actions).toEqual([]);
+      expect(p.refusals.map((r) => [r.code, r.session?.pid])).toEqual([['paused', adapter!.cliLeaked]]);
+      expect(p.refusals[0]!.reason).toContain(`paused job ${runningJob}`);
+      expect(nextGraceExpiry(inv, DEFAULT_POLICY, selection)).toBeNull(); // no wake-up for it
+      updateJob(project.db, runningJob, { status: 'running' });
+      p = plan(session.collect(), DEFAULT_POLICY, selection, ctx);
       expect(p.actions.map((a) => (a.kind === 'kill-session' ? a.session.pid : a.kind))).toEqual([adapter!.cliLeaked]);
 
       // Store unreadable: nothing at all.

@@ -38,6 +38,7 @@
 import path from 'node:path';
 import type { Config } from '../../config/schema.js';
 import { mib } from '../../core/report.js';
+import { WAIT_CODES } from '../../core/vocabulary.js';
 import { actionBytes, plan as makePlan, type Plan, type PlannedAction, type Refusal, type Selection } from '../../core/plan.js';
 import type { ProjectInventory } from '../../core/types.js';
 import type { ProjectSession } from '../../session/project-session.js';
@@ -235,12 +236,12 @@ function render(command: Command, runs: ProjectRun[], dryRun: boolean): string {
         out.push(`  would ${a.kind === 'kill-tree' ? 'reap' : a.kind === 'kill-session' ? 'stop' : 'remove'} ${describeAction(a)}`);
         wouldFree += actionBytes(a);
       }
-      for (const r of p.refusals) out.push(`  ${r.code === 'grace' ? 'held' : 'refused'} ${describeRefusal(r)}`);
+      for (const r of p.refusals) out.push(`  ${WAIT_CODES.has(r.code) ? 'held' : 'refused'} ${describeRefusal(r)}`);
     } else {
       if (p.actions.length === 0 && report.results.length === 0) out.push(`  nothing to ${command === 'gc' ? 'remove' : 'reap'}`);
       for (const r of report.results) out.push(`  ${describeResult(r)}`);
       // Refusals not in the results (policy ones: graces, protected trees) are still worth a line.
-      for (const r of p.refusals) if (!r.explicit) out.push(`  ${r.code === 'grace' ? 'held' : 'refused'} ${describeRefusal(r)}`);
+      for (const r of p.refusals) if (!r.explicit) out.push(`  ${WAIT_CODES.has(r.code) ? 'held' : 'refused'} ${describeRefusal(r)}`);
     }
     for (const f of invalid) out.push(`  invalid pid file ${f.name}: ${f.reason} (reported, never deleted)`);
   }
