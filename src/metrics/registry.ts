@@ -4,12 +4,12 @@
 // process (one per --watch-process) — never a pid or a job id.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { REAP_COUNTER_VERDICTS, REFUSAL_COUNTED, SESSION_KILL_VERDICT } from '../core/vocabulary.js';
+import { REAP_COUNTER_VERDICTS, REFUSAL_COUNTED, SESSION_KILL_VERDICT, WAIT_CODES } from '../core/vocabulary.js';
 import { sessionCounts } from '../core/report.js';
 import { ADAPTER_VERDICTS, PIDFILE_VERDICTS, SESSION_VERDICTS, type ProjectInventory, type SourceHealth } from '../core/types.js';
 
 export const PREFIX = 'stepwise_watchdog_';
-/** Refusal reasons counted (waiting out a grace is not a refusal), plus re-verification skips. */
+/** Refusal reasons counted (a wait is not a refusal), plus re-verification skips. */
 export { REFUSAL_COUNTED };
 export const SOURCES = ['store', 'processes', 'pidfiles', 'server'] as const;
 
@@ -38,6 +38,126 @@ export interface ReapCounts {
   bytes: number;
 }
 
+type Labels = Record<string, string>;
+/** One gauge: its rows (labels → value) computed at scrape time from the last inventories. */
+interface GaugeSpec {
+  name: string;
+  help: string;
+  labels: string[];
+  rows: (inventories: ProjectInventory[], memory: () => ProcessMemory[]) => Iterable<[Labels, number]>;
+}
+
+const sum = <T>(xs: readonly T[], f: (x: T) => number) => xs.reduce((s, x) => s + f(x), 0);
+function* each<T>(inventories: ProjectInventory[], values: readonly T[], f: (inv: ProjectInventory, v: T) => Iterable<[Labels, number]>) {
+  for (const inv of inventories) for (const v of values) yield* f(inv, v);
+}
+/** One series per project and source, for what each source's health says of its last read. */
+const perSource = (value: (h: SourceHealth) => number | undefined) => (inventories: ProjectInventory[]) =>
+  each(inventories, SOURCES, function* (inv, s): Iterable<[Labels, number]> {
+    const h = inv.sources[s];
+    const v = h ? value(h) : undefined;
+    if (v !== undefined) yield [{ project: inv.root, source: s }, v];
+  });
+
+/** The gauges, in exposition order. */
+const GAUGES: GaugeSpec[] = [
+  {
+    name: 'adapters',
+    help: 'Adapter process trees by verdict (0 for verdicts with none).',
+    labels: ['project', 'verdict'],
+    rows: (invs) => each(invs, ADAPTER_VERDICTS, (inv, v) => [[{ project: inv.root, verdict: v }, inv.adapters.filter((a) => a.verdict === v).length]]),
+  },
+  {
+    name: 'adapter_memory_bytes',
+    help: 'Memory of adapter trees by verdict; kind rss or swap (leaked adapters get swapped out: RSS alone hides them).',
+    labels: ['project', 'verdict', 'kind'],
+    rows: (invs) =>
+      each(invs, ADAPTER_VERDICTS, (inv, v) => {
+        const trees = inv.adapters.filter((a) => a.verdict === v);
+        return [
+          [{ project: inv.root, verdict: v, kind: 'rss' }, sum(trees, (a) => a.rssBytes)],
+          [{ project: inv.root, verdict: v, kind: 'swap' }, sum(trees, (a) => a.swapBytes)],
+        ];
+      }),
+  },
+  {
+    name: 'sessions',
+    help: 'Agent sessions (one CLI process each) inside adapter trees, by session verdict (0 for verdicts with none).',
+    labels: ['project', 'verdict'],
+    rows: (invs) => each(invs, SESSION_VERDICTS, (inv, v) => [[{ project: inv.root, verdict: v }, sessionCounts(inv)[v]!.count]]),
+  },
+  {
+    name: 'session_memory_bytes',
+    help: "Memory of agent sessions (a session's CLI and its descendants) by session verdict; kind rss or swap. Leaked sessions inside live adapters are what tree metrics cannot show.",
+    labels: ['project', 'verdict', 'kind'],
+    rows: (invs) =>
+      each(invs, SESSION_VERDICTS, (inv, v) => {
+        const c = sessionCounts(inv)[v]!;
+        return [
+          [{ project: inv.root, verdict: v, kind: 'rss' }, c.rssBytes],
+          [{ project: inv.root, verdict: v, kind: 'swap' }, c.swapBytes],
+        ];
+      }),
+  },
+  {
+    name: 'pidfiles',
+    help: 'Pid files in the pids folder by verdict.',
+    labels: ['project', 'verdict'],
+    rows: (invs) => each(invs, PIDFILE_VERDICTS, (inv, v) => [[{ project: inv.root, verdict: v }, inv.pidFiles.filter((f) => f.verdict === v).length]]),
+  },
+  {
+    name: 'stale_running_runs',
+    help: 'Step runs still running under a terminal job.',
+    labels: ['project'],
+    rows: (invs) => invs.map((inv) => [{ project: inv.root }, inv.staleRunningRuns.length]),
+  },
+  {
+    name: 'source_up',
+    help: 'Whether a source was read in the last cycle (store down means no reaping).',
+    labels: ['project', 'source'],
+    rows: (invs) => each(invs, SOURCES, (inv, s) => [[{ project: inv.root, source: s }, inv.sources[s]?.ok === false ? 0 : inv.sources[s] ? 1 : 0]]),
+  },
+  {
+    name: 'source_unreadable_entries',
+    help: 'Entries a source listed but could not read in the last cycle (processes: pids whose files were unreadable; judged unknown, never dead, never signalled).',
+    labels: ['project', 'source'],
+    rows: perSource((h) => h.unreadable),
+  },
+  {
+    name: 'source_duration_seconds',
+    help: 'How long reading each source took in the last cycle.',
+    labels: ['project', 'source'],
+    rows: perSource((h) => h.durationSeconds),
+  },
+  {
+    name: 'server_up',
+    help: "Whether the project's stepwise server is alive (verified pid and start time).",
+    labels: ['project'],
+    rows: (invs) => invs.map((inv) => [{ project: inv.root }, inv.server.alive ? 1 : 0]),
+  },
+  {
+    name: 'server_memory_bytes',
+    help: 'Memory of the stepwise server (process="stepwise-server") and of --watch-process processes (project=""); kind rss or swap.',
+    labels: ['project', 'process', 'kind'],
+    rows: (_, memory) =>
+      memory()
+        .filter((m) => m.up)
+        .flatMap((m): [Labels, number][] => [
+          [{ project: m.project, process: m.process, kind: 'rss' }, m.rssBytes],
+          [{ project: m.project, process: m.process, kind: 'swap' }, m.swapBytes],
+        ]),
+  },
+  {
+    name: 'server_memory_growth_bytes_per_hour',
+    help: 'Least-squares slope of RSS+swap over the sliding window: a long-lived server that leaks by itself.',
+    labels: ['project', 'process'],
+    rows: (_, memory) =>
+      memory()
+        .filter((m) => m.up)
+        .map((m): [Labels, number] => [{ project: m.project, process: m.process }, m.growthBytesPerHour]),
+  },
+];
+
 export class WatchdogMetrics {
   readonly registry = new Registry();
   private readonly reaped: Counter<'project' | 'verdict' | 'result'>;
@@ -49,158 +169,19 @@ export class WatchdogMetrics {
 
   constructor(source: MetricsSource, opts: { defaultMetrics?: boolean; projects?: string[] } = {}) {
     const r = this.registry;
-    const inventories = () => source.inventories();
-
-    new Gauge({
-      name: `${PREFIX}adapters`,
-      help: 'Adapter process trees by verdict (0 for verdicts with none).',
-      labelNames: ['project', 'verdict'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          for (const v of ADAPTER_VERDICTS) this.set({ project: inv.root, verdict: v }, inv.adapters.filter((a) => a.verdict === v).length);
-        }
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}adapter_memory_bytes`,
-      help: 'Memory of adapter trees by verdict; kind rss or swap (leaked adapters get swapped out: RSS alone hides them).',
-      labelNames: ['project', 'verdict', 'kind'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          for (const v of ADAPTER_VERDICTS) {
-            const trees = inv.adapters.filter((a) => a.verdict === v);
-            this.set({ project: inv.root, verdict: v, kind: 'rss' }, trees.reduce((s, a) => s + a.rssBytes, 0));
-            this.set({ project: inv.root, verdict: v, kind: 'swap' }, trees.reduce((s, a) => s + a.swapBytes, 0));
-          }
-        }
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}sessions`,
-      help: 'Agent sessions (one CLI process each) inside adapter trees, by session verdict (0 for verdicts with none).',
-      labelNames: ['project', 'verdict'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          const c = sessionCounts(inv);
-          for (const v of SESSION_VERDICTS) this.set({ project: inv.root, verdict: v }, c[v]!.count);
-        }
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}session_memory_bytes`,
-      help: "Memory of agent sessions (a session's CLI and its descendants) by session verdict; kind rss or swap. Leaked sessions inside live adapters are what tree metrics cannot show.",
-      labelNames: ['project', 'verdict', 'kind'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          const c = sessionCounts(inv);
-          for (const v of SESSION_VERDICTS) {
-            this.set({ project: inv.root, verdict: v, kind: 'rss' }, c[v]!.rssBytes);
-            this.set({ project: inv.root, verdict: v, kind: 'swap' }, c[v]!.swapBytes);
-          }
-        }
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}pidfiles`,
-      help: 'Pid files in the pids folder by verdict.',
-      labelNames: ['project', 'verdict'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          for (const v of PIDFILE_VERDICTS) this.set({ project: inv.root, verdict: v }, inv.pidFiles.filter((f) => f.verdict === v).length);
-        }
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}stale_running_runs`,
-      help: 'Step runs still running under a terminal job.',
-      labelNames: ['project'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) this.set({ project: inv.root }, inv.staleRunningRuns.length);
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}source_up`,
-      help: 'Whether a source was read in the last cycle (store down means no reaping).',
-      labelNames: ['project', 'source'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) {
-          for (const s of SOURCES) this.set({ project: inv.root, source: s }, inv.sources[s]?.ok === false ? 0 : inv.sources[s] ? 1 : 0);
-        }
-      },
-    });
-    // One series per project and source, for what each source's health says of its last read.
-    const perSource = (name: string, help: string, value: (h: SourceHealth) => number | undefined) =>
+    const memory = () => source.processMemory();
+    for (const g of GAUGES) {
       new Gauge({
-        name: `${PREFIX}${name}`,
-        help,
-        labelNames: ['project', 'source'],
+        name: `${PREFIX}${g.name}`,
+        help: g.help,
+        labelNames: g.labels,
         registers: [r],
         collect() {
           this.reset();
-          for (const inv of inventories()) {
-            for (const s of SOURCES) {
-              const h = inv.sources[s];
-              const v = h ? value(h) : undefined;
-              if (v !== undefined) this.set({ project: inv.root, source: s }, v);
-            }
-          }
+          for (const [labels, value] of g.rows(source.inventories(), memory)) this.set(labels, value);
         },
       });
-    perSource(
-      'source_unreadable_entries',
-      'Entries a source listed but could not read in the last cycle (processes: pids whose files were unreadable; judged unknown, never dead, never signalled).',
-      (h) => h.unreadable,
-    );
-    perSource('source_duration_seconds', 'How long reading each source took in the last cycle.', (h) => h.durationSeconds);
-    new Gauge({
-      name: `${PREFIX}server_up`,
-      help: "Whether the project's stepwise server is alive (verified pid and start time).",
-      labelNames: ['project'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const inv of inventories()) this.set({ project: inv.root }, inv.server.alive ? 1 : 0);
-      },
-    });
-    const memory = () => source.processMemory();
-    new Gauge({
-      name: `${PREFIX}server_memory_bytes`,
-      help: 'Memory of the stepwise server (process="stepwise-server") and of --watch-process processes (project=""); kind rss or swap.',
-      labelNames: ['project', 'process', 'kind'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const m of memory()) {
-          if (!m.up) continue;
-          this.set({ project: m.project, process: m.process, kind: 'rss' }, m.rssBytes);
-          this.set({ project: m.project, process: m.process, kind: 'swap' }, m.swapBytes);
-        }
-      },
-    });
-    new Gauge({
-      name: `${PREFIX}server_memory_growth_bytes_per_hour`,
-      help: 'Least-squares slope of RSS+swap over the sliding window: a long-lived server that leaks by itself.',
-      labelNames: ['project', 'process'],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const m of memory()) if (m.up) this.set({ project: m.project, process: m.process }, m.growthBytesPerHour);
-      },
-    });
+    }
 
     this.reaped = new Counter({
       name: `${PREFIX}reaped_total`,
@@ -212,7 +193,7 @@ export class WatchdogMetrics {
     this.pidfilesRemoved = new Counter({ name: `${PREFIX}pidfiles_removed_total`, help: 'Stale pid files removed.', labelNames: ['project'], registers: [r] });
     this.refusals = new Counter({
       name: `${PREFIX}refusals_total`,
-      help: `Reaps refused or held back, by reason code (${REFUSAL_COUNTED.join(', ')}); waiting out a grace is not counted.`,
+      help: `Reaps refused or held back, by reason code (${REFUSAL_COUNTED.join(', ')}); waits (a grace, a paused job) are not counted.`,
       labelNames: ['project', 'reason'],
       registers: [r],
     });
@@ -243,7 +224,9 @@ export class WatchdogMetrics {
     this.pidfilesRemoved.inc({ project });
   }
 
+  /** A refusal or a re-verification skip; a wait (a grace, a paused job) is never counted. */
   recordRefusal(project: string, reason: string, n = 1): void {
+    if ((WAIT_CODES as ReadonlySet<string>).has(reason)) return;
     this.refusals.inc({ project, reason }, n);
   }
 

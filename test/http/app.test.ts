@@ -78,6 +78,17 @@ describe('/metrics', () => {
     expect(res.body).toContain('stepwise_watchdog_adapters{project="/tmp/stepwise-project",verdict="leaked"} 3');
   });
 
+  it('counts refusals and re-verification skips, never a wait (a grace, a paused job)', async () => {
+    const m = metricsFor([inv]);
+    m.recordRefusal(inv.root, 'protected');
+    m.recordRefusal(inv.root, 'grace');
+    m.recordRefusal(inv.root, 'paused', 3);
+    m.recordRefusal(inv.root, 'identity_changed', 2);
+    const text = await m.metrics();
+    const count = (reason: string) => text.match(new RegExp(`^stepwise_watchdog_refusals_total\\{project="${inv.root}",reason="${reason}"\\} (\\d+)$`, 'm'))?.[1];
+    expect([count('protected'), count('identity_changed'), count('grace'), count('paused')]).toEqual(['1', '2', undefined, undefined]);
+  });
+
   it('has no pid or job id in any label', async () => {
     const text = await metricsFor([inv]).metrics();
     expect(text).not.toMatch(/job-[0-9a-f]{8}/);
