@@ -113,17 +113,50 @@ export function readClock(opts: { procRoot?: string; ticksPerSecond?: number; no
 
 type ReadOutcome<T> = { ok: true; value: T } | { ok: false; gone: true } | { ok: false; gone: false; error: string };
 
+/**
+ * One reusable buffer for the small /proc files read by the thousand (stat, cmdline, status):
+ * `readFileSync` allocates a Buffer per file (procfs reports size 0, so it reads in chunks and
+ * concatenates), which a daemon's sweep turns into megabytes of garbage per cycle. Grown for a
+ * long cmdline, shrunk back after it.
+ */
+const SCRATCH_BYTES = 64 * 1024;
+let scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
+
+/** The file's bytes as a view of the shared buffer: valid until the next read. */
+function readProcFile(path: string): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    let n = 0;
+    for (;;) {
+      if (n === scratch.length) {
+        const bigger = Buffer.allocUnsafe(scratch.length * 2);
+        scratch.copy(bigger, 0, 0, n);
+        scratch = bigger;
+      }
+      const got = readSync(fd, scratch, n, scratch.length - n, null);
+      if (got === 0) break;
+      n += got;
+    }
+    const view = scratch.subarray(0, n);
+    if (scratch.length > SCRATCH_BYTES) scratch = Buffer.allocUnsafe(SCRATCH_BYTES); // the view keeps the big one alive
+    return view;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function readText(path: string): ReadOutcome<string> {
   try {
-    return { ok: true, value: readFileSync(path, 'utf8') };
+    return { ok: true, value: readProcFile(path).toString('utf8') };
   } catch (err) {
     return vanished(err) ? { ok: false, gone: true } : { ok: false, gone: false, error: `${errorCode(err)} ${path}` };
   }
 }
 
+/** Bytes valid until the next read (parse them at once). */
 function readBytes(path: string): ReadOutcome<Buffer> {
   try {
-    return { ok: true, value: readFileSync(path) };
+    return { ok: true, value: readProcFile(path) };
   } catch (err) {
     return vanished(err) ? { ok: false, gone: true } : { ok: false, gone: false, error: `${errorCode(err)} ${path}` };
   }
@@ -350,7 +383,7 @@ export function readChildren(pid: number, procRoot: string = DEFAULT_PROC_ROOT, 
   if (numThreads === 1) {
     // Single-threaded (stat's num_threads): its one thread is the process itself; no listing.
     try {
-      return { kind: 'ok', pids: parseChildren(readFileSync(`${procRoot}/${pid}/task/${pid}/children`, 'latin1')) ?? [] };
+      return { kind: 'ok', pids: parseChildren(readProcFile(`${procRoot}/${pid}/task/${pid}/children`).toString('latin1')) ?? [] };
     } catch {
       // exited, or a thread appeared meanwhile: list the threads
     }
@@ -364,7 +397,7 @@ export function readChildren(pid: number, procRoot: string = DEFAULT_PROC_ROOT, 
   for (const tid of tids) {
     let text: string;
     try {
-      text = readFileSync(`${procRoot}/${pid}/task/${tid}/children`, 'latin1');
+      text = readProcFile(`${procRoot}/${pid}/task/${tid}/children`).toString('latin1');
     } catch (err) {
       if (vanished(err)) continue;
       return { kind: 'unknown', error: `${errorCode(err)} ${procRoot}/${pid}/task/${tid}/children` };
@@ -381,7 +414,7 @@ export function readIdentityOf(pid: number, procRoot: string = DEFAULT_PROC_ROOT
   if (!Number.isSafeInteger(pid) || pid <= 0) return { kind: 'gone' };
   let text: string;
   try {
-    text = readFileSync(`${procRoot}/${pid}/stat`, 'utf8');
+    text = readProcFile(`${procRoot}/${pid}/stat`).toString('utf8');
   } catch (err) {
     return vanished(err) ? { kind: 'gone' } : { kind: 'unknown', error: `${errorCode(err)} ${procRoot}/${pid}/stat` };
   }
@@ -461,7 +494,7 @@ function readMemory(pid: number, procRoot: string): { rssBytes: number; swapByte
   const id = readIdentity(pid, procRoot);
   if (!id || isDead(id)) return null;
   try {
-    const status = parseStatusUidAndSwap(readFileSync(`${procRoot}/${pid}/status`, 'utf8'));
+    const status = parseStatusUidAndSwap(readProcFile(`${procRoot}/${pid}/status`).toString('utf8'));
     return { rssBytes: status.rssBytes ?? 0, swapBytes: status.swapBytes ?? 0 };
   } catch {
     return null;
@@ -470,7 +503,7 @@ function readMemory(pid: number, procRoot: string): { rssBytes: number; swapByte
 
 function readArgv(pid: number, procRoot: string): string[] | null {
   try {
-    return parseCmdline(readFileSync(`${procRoot}/${pid}/cmdline`));
+    return parseCmdline(readProcFile(`${procRoot}/${pid}/cmdline`));
   } catch {
     return null;
   }

@@ -116,6 +116,20 @@ describe('readProcessTable on a fixture /proc', () => {
     expect(byPid.get(202)!.rssBytes).toBe(5 * 4096);
   });
 
+  it('reads an argv longer than its reusable buffer whole, and the next files as they are', () => {
+    const long = ['node', 'x'.repeat(150_000), 'y'.repeat(70_000), 'end'];
+    writeProc(root, { pid: 600, comm: 'node', ppid: 1, start: 6000, argv: long });
+    try {
+      const byPid = new Map(readProcessTable({ procRoot: root, pageSize: 4096, now }).table.processes.map((p) => [p.pid, p]));
+      expect(byPid.get(600)!.argv).toEqual(long);
+      // Every other process still reads as before (no bytes left over from the long one).
+      expect(byPid.get(201)!.argv).toEqual(['node', `/x/${MARKER}/dist/index.js`]);
+      expect(byPid.get(300)!.comm).toBe('weird) (name');
+    } finally {
+      rmSync(join(root, '600'), { recursive: true, force: true });
+    }
+  });
+
   it('gives kernel threads and zombies an empty argv without reading cmdline', () => {
     const { table } = readProcessTable({ procRoot: root, pageSize: 4096, now });
     const byPid = new Map(table.processes.map((p) => [p.pid, p]));
