@@ -7,8 +7,9 @@
 //  1. recheck(): the caller re-collects the project and hands back the fresh tree with the same
 //     top identity (or why not). Its verdict must still be reapable for this action, its set of
 //     jobs unchanged; then each member's identity is re-read and only exact matches are kept.
-//  2. SIGTERM: the process group (`kill(-pgid)`) when it is the tree's own group and no
-//     protected process is in it, plus every verified member outside that group individually
+//  2. SIGTERM: the process group (`kill(-pgid)`) when it is the tree's own group, no protected
+//     process is in it and every live member (listed right before) is a verified target; plus
+//     every verified member outside that group individually
 //     (setsid'd descendants escape group kills), each re-read right before its signal.
 //  3. Wait up to killWaitMs (polling, cancellable), SIGKILL what remains (same re-checks),
 //     confirm. A zombie counts as gone: its memory is freed (the top of an adapter the live
@@ -130,6 +131,8 @@ interface Stage {
   pollMs: number;
   signal: AbortSignal | undefined;
   protectedPids: ReadonlySet<number>;
+  /** Every live member of a group, listed now (null: cannot be told). */
+  groupMembers: (pgid: number) => LiveIdentity[] | null;
 }
 
 function stageOf(deps: KillStageDeps): Stage {
@@ -141,6 +144,7 @@ function stageOf(deps: KillStageDeps): Stage {
     pollMs: deps.pollMs ?? 50,
     signal: deps.signal,
     protectedPids: new Set(deps.protectedPids ?? [process.pid, process.ppid]),
+    groupMembers: (pgid: number) => processes.groupMembers(pgid),
   };
 }
 
@@ -214,9 +218,9 @@ type GroupSignals = KillTreeResult['groupSignals'];
 
 /**
  * Would a signal to group `pgid` reach pid 1 or a protected process (the watchdog, its parent)?
- * Asked of those few processes directly — their group ids, read now — rather than by listing the
- * group's members, which costs a read of every process on the host. null: it would not; else why
- * the group is not signalled (a protected process that cannot be read counts as reached).
+ * Asked of those few processes directly — their group ids, read now — before the group is
+ * listed (below), so the refusal names them. null: it would not; else why the group is not
+ * signalled (a protected process that cannot be read counts as reached).
  */
 function groupReachesProtected(stage: Stage, pgid: number): string | null {
   for (const pid of new Set([1, ...stage.protectedPids])) {
@@ -225,6 +229,22 @@ function groupReachesProtected(stage: Stage, pgid: number): string | null {
     if (r.kind === 'live' && !isDead(r.id) && r.id.pgid === pgid) return `it holds protected pid ${pid}`;
   }
   return null;
+}
+
+/**
+ * Would a signal to group `pgid` reach a process that is not one of the verified targets? The
+ * re-verification reads the tree (its pids, remembered members, their descendants), not the
+ * host: a member born since the last cycle whose parent then exited (a backgrounded tool
+ * command) sits under init or a subreaper, in this group, unseen — its uid never checked. So the
+ * group's members are listed now (one stat pass: the cost of a group signal) and the group is
+ * signalled only when every live member is a target; else each target alone. null: none.
+ */
+function groupHoldsStrangers(stage: Stage, pgid: number, targets: readonly Target[]): string | null {
+  const members = stage.groupMembers(pgid);
+  if (members === null) return 'its members could not be listed';
+  const verified = new Set(targets.filter((t) => t.open).map((t) => `${t.proc.pid}:${t.proc.startTicks}`));
+  const stranger = members.find((m) => !verified.has(`${m.pid}:${m.startTicks}`));
+  return stranger ? `it holds process ${stranger.pid}, which the re-verification did not see` : null;
 }
 
 /**
@@ -240,7 +260,7 @@ function signalTargets(stage: Stage, targets: readonly Target[], sig: SignalName
     if (inGroup.length > 0) {
       // Its members are all descendants of our session leader. Still, never send a group signal
       // that would reach a protected process.
-      const blocked = groupReachesProtected(stage, pgid);
+      const blocked = groupReachesProtected(stage, pgid) ?? groupHoldsStrangers(stage, pgid, targets);
       if (blocked === null) {
         try {
           stage.kill(-pgid, sig);

@@ -87,6 +87,38 @@ describe('the group signal never reaches a protected process', () => {
   }
 });
 
+describe('the group signal never reaches a process the re-verification did not see', () => {
+  // The re-verification reads the tree, not the host: a group member born since the last cycle
+  // whose parent exited sits under init, unseen. The group is listed right before its signal; a
+  // member that is not a verified target (or a group that cannot be listed) means each target alone.
+  const portListing = (extra: 'stranger' | 'unlistable'): ProcessPort => {
+    const real = procPort();
+    return {
+      ...real,
+      groupMembers: (pgid, known) => {
+        if (extra === 'unlistable') return null;
+        const members = real.groupMembers(pgid, known);
+        return members && [...members, { pid: 4_000_001, startTicks: 7, state: 'S', ppid: 1, pgid, sid: pgid }];
+      },
+    };
+  };
+
+  for (const extra of ['stranger', 'unlistable'] as const) {
+    it(`a group ${extra === 'stranger' ? 'holding an unseen member' : 'that cannot be listed'}: no group signal, each verified process alone`, async () => {
+      const a = await project.spawnAdapter({ job: { status: 'failed', failReason: 'abandoned' } });
+      const action = actionFor(a.tree.topPid);
+      const calls: { pid: number; sig: SignalName }[] = [];
+      const r = await killTree(action, { recheck: recheck(action), kill: recordingKill(calls), killWaitMs: 3000, processes: portListing(extra) });
+      expect(r.outcome).toBe('ok');
+      expect(calls.some((c) => c.pid < 0)).toBe(false);
+      expect(calls.every((c) => a.tree.pids.includes(c.pid))).toBe(true);
+      const why = extra === 'stranger' ? 'it holds process 4000001, which the re-verification did not see' : 'its members could not be listed';
+      expect(r.processes.every((p) => p.note === `group ${a.tree.topPid} not signalled (${why}): signalled individually`)).toBe(true);
+      for (const id of a.tree.identities) expect(goneOrZombie(id)).toBe(true);
+    });
+  }
+});
+
 describe('killTree', () => {
   it('reaps a leaked tree: group SIGTERM, every process gone, memory counted', async () => {
     const a = await project.spawnAdapter({ job: { status: 'failed', failReason: 'abandoned' }, tree: { holdMb: 8 } });
