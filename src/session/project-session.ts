@@ -157,6 +157,14 @@ export class ProjectSession {
       const known = starts.get(p.pgid);
       if (known === undefined || s < known) starts.set(p.pgid, s);
     }
+    // A focused re-verification read only one tree, but the store's index is shared with the
+    // cycles: asked about that tree alone it would let go of every other tree's finished runs
+    // (and a resync due now would never bring them back). It asks about what the last cycle
+    // did as well; the focused tree's pids, read now, have their start times from now.
+    if (focus) {
+      for (const pid of this.storeInterest.live) live.add(pid);
+      for (const [pid, start] of this.storeInterest.starts) if (!starts.has(pid)) starts.set(pid, start);
+    } else this.storeInterest = { live, starts };
     const storeRead = this.store.read({ pidsOfInterest: live, pidStartEpochs: starts });
     sources.store = storeRead.health;
 
@@ -263,6 +271,8 @@ export class ProjectSession {
   }
 
   private interesting = new Set<number>();
+  /** The last cycle's question to the store (pids of interest and their starts), replaced each cycle. */
+  private storeInterest: { live: ReadonlySet<number>; starts: ReadonlyMap<number, number> } = { live: new Set(), starts: new Map() };
   private rereading = false;
 
   close(): void {

@@ -138,6 +138,25 @@ describe.skipIf(!supported)('targeted reads give the same inventory as full swee
     }
   });
 
+  it("a focused re-verification keeps the other trees' ties to their jobs, also when the store resyncs on it", () => {
+    const s = new ProjectSession({ root: project.root, policy, env: {} });
+    try {
+      const now = Date.now() / 1000;
+      s.collect(now);
+      const before = s.collect(now);
+      const own = before.adapters.filter((t) => ownPids(before).includes(t.topPid));
+      const active = own.find((t) => t.verdict === 'active' && t.sessions.length === 0)!;
+      expect(own.filter((t) => t.verdict === 'leaked').length).toBeGreaterThan(0); // tied by finished runs only
+      (s as unknown as { store: { resync(): void } }).store.resync(); // the hourly resync falls on the recheck
+      s.collect(now, { purpose: 'recheck', focus: [active.topPid, ...active.processes.map((p) => p.pid)] });
+      expect(s.lastRead?.mode).toBe('targeted');
+      const after = s.collect(now);
+      expect(shape(after)).toEqual(shape(before));
+    } finally {
+      s.close();
+    }
+  });
+
   it('a re-verification right before a kill never sweeps; a cycle sweeps once the period is over', async () => {
     const s = new ProjectSession({ root: project.root, policy, env: {}, fullSweepSeconds: 0.3 });
     try {
