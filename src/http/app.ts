@@ -104,8 +104,10 @@ class RateLimit {
 
   /** Milliseconds until the client may try again, or 0 when this request is allowed. */
   take(client: string, nowMs: number): number {
-    if (this.windows.size >= RATE_CLIENTS_MAX) {
+    if (!this.windows.has(client) && this.windows.size >= RATE_CLIENTS_MAX) {
       for (const [k, w] of this.windows) if (nowMs - w.start >= this.windowMs) this.windows.delete(k);
+      // Still full (that many clients within one window): the oldest window goes.
+      if (this.windows.size >= RATE_CLIENTS_MAX) this.windows.delete(this.windows.keys().next().value!);
     }
     let w = this.windows.get(client);
     if (!w || nowMs - w.start >= this.windowMs) {
@@ -199,6 +201,15 @@ async function jsonBody(req: Request): Promise<unknown> {
   }
 }
 
+/** The request target as a URL; one that does not parse is the client's error (400). */
+function parseTarget(target: string | undefined): URL {
+  try {
+    return new URL(target ?? '/', 'http://localhost');
+  } catch {
+    throw new HttpError(400, `request target ${JSON.stringify(String(target).slice(0, 200))} is not a URL path`);
+  }
+}
+
 function readBody(req: http.IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length'] ?? 0);
@@ -248,7 +259,7 @@ export class WatchdogHttp {
     const head = method === 'HEAD';
     let reply: Reply;
     try {
-      const url = new URL(req.url ?? '/', 'http://localhost');
+      const url = parseTarget(req.url);
       const route = this.table[url.pathname];
       const handler = route?.[head ? 'GET' : (method as 'GET' | 'POST')];
       if (!route) reply = { status: 404, json: { error: `no route ${method} ${req.url}` } };
@@ -272,9 +283,18 @@ export class WatchdogHttp {
       }
     }
     if (res.headersSent || res.destroyed) return;
-    // A body not read (refused before it was needed) is drained so the connection can be reused.
+    // A body not read (refused before it was needed) is drained so the connection can be reused;
+    // after a body over the limit the connection is closed instead of reading the rest.
+    if (reply.status === 413) reply.headers = { ...reply.headers, connection: 'close' };
     req.resume();
-    send(res, reply, head);
+    try {
+      send(res, reply, head);
+    } catch (err) {
+      // A body that does not serialise (a bug): say so, never leave the request hanging.
+      this.deps.logError?.(err, 'response failed');
+      if (!res.headersSent) send(res, { status: 500, json: { error: 'internal error' } }, head);
+      else res.destroy();
+    }
   }
 
   listen(opts: { host: string; port: number }): Promise<AddressInfo> {

@@ -383,7 +383,9 @@ export function readChildren(pid: number, procRoot: string = DEFAULT_PROC_ROOT, 
   if (numThreads === 1) {
     // Single-threaded (stat's num_threads): its one thread is the process itself; no listing.
     try {
-      return { kind: 'ok', pids: parseChildren(readProcFile(`${procRoot}/${pid}/task/${pid}/children`).toString('latin1')) ?? [] };
+      const pids = parseChildren(readProcFile(`${procRoot}/${pid}/task/${pid}/children`).toString('latin1'));
+      if (pids !== null) return { kind: 'ok', pids };
+      // malformed: the listing below reads it again and says so (unknown, never "no children")
     } catch {
       // exited, or a thread appeared meanwhile: list the threads
     }

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -138,6 +139,22 @@ describe('health and inventory', () => {
     expect(head.statusCode).toBe(200);
     expect(head.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
     expect(head.body).toBe('');
+  });
+
+  it('a request target that is not a URL path is a 400 naming it, and the app keeps serving', async () => {
+    await makeApp();
+    await inject('/healthz'); // listening
+    const port = (app!.server.address() as { port: number }).port;
+    const raw = await new Promise<string>((resolve, reject) => {
+      const sock = net.connect(port, '127.0.0.1', () => sock.end('GET http://[ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+      let text = '';
+      sock.on('data', (d) => (text += d.toString()));
+      sock.on('end', () => resolve(text));
+      sock.on('error', reject);
+    });
+    expect(raw).toMatch(/^HTTP\/1\.1 400 /);
+    expect(raw).toContain('{"error":"request target \\"http://[\\" is not a URL path"}');
+    expect((await inject('/healthz')).statusCode).toBe(200);
   });
 
   it('unknown routes get a JSON 404', async () => {

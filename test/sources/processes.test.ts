@@ -11,6 +11,7 @@ import {
   readClock,
   readCwd,
   readIdentity,
+  readChildren,
   readProcessTable,
   sameProcess,
   UPTIME_BOOT_ERROR_SECONDS,
@@ -127,6 +128,19 @@ describe('readProcessTable on a fixture /proc', () => {
       expect(byPid.get(300)!.comm).toBe('weird) (name');
     } finally {
       rmSync(join(root, '600'), { recursive: true, force: true });
+    }
+  });
+
+  it('children files: a malformed one is unknown, never "no children" (single-threaded or not)', () => {
+    const task = join(root, '700', 'task', '700');
+    mkdirSync(task, { recursive: true });
+    try {
+      writeFileSync(join(task, 'children'), '12 13 ');
+      expect(readChildren(700, root, 1)).toEqual({ kind: 'ok', pids: [12, 13] });
+      writeFileSync(join(task, 'children'), '12 x3 ');
+      for (const threads of [1, undefined]) expect(readChildren(700, root, threads)).toMatchObject({ kind: 'unknown', error: expect.stringMatching(/^malformed .*\/700\/task\/700\/children$/) });
+    } finally {
+      rmSync(join(root, '700'), { recursive: true, force: true });
     }
   });
 
