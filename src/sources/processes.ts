@@ -448,10 +448,10 @@ export function readCwd(pid: number, procRoot: string = DEFAULT_PROC_ROOT): stri
  * Live (non-zombie) members of a process group; null when that cannot be told. With `known`
  * (pids that are or were members, e.g. a tree's processes) and children files: only those, the
  * group id itself and their descendants are read — never the host. A member that is neither
- * (reparented away from every known process) is not seen: callers only use this answer to
- * refrain from something (a group signal, a pid-file removal) or re-identify each target by
- * (pid, start time) themselves. Without `known`, or without children files: one stat pass over
- * every pid.
+ * (reparented away from every known process) is not seen, so the answer may be short: the kill
+ * path lists without `known` (complete) before a group signal; the reaped tree's pid-file
+ * removal lists with it (a member missed there costs the file, the evidence of a later reap,
+ * never a signal). Without `known`, or without children files: one stat pass over every pid.
  */
 function groupMembersOf(pgid: number, procRoot: string, known?: readonly number[]): LiveIdentity[] | null {
   if (known !== undefined && childrenFilesSupported(procRoot)) {
