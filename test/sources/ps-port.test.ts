@@ -92,8 +92,10 @@ beforeAll(async () => {
     selfPlanContext: (await load<typeof SelfModule>('effects/self.js')).selfPlanContext,
   };
   project = await buildDemoProject({ holdMb: 1, spawnGraceSeconds: 2, terminalGraceSeconds: 2, topKilled: true });
-  // Past the graces, so that leaked and orphaned trees are planned.
-  await new Promise((r) => setTimeout(r, 2500));
+  // Past the graces, so that leaked and orphaned trees are planned — by both clocks: ps's start
+  // times carry up to 2 s of error (whole seconds, from a whole-second boot time), and a tree
+  // 0.5 s past its spawn grace by /proc was once still spawning by ps (CI, 2026-12-02).
+  await new Promise((r) => setTimeout(r, (2 + 2) * 1000 + 500));
 }, 180_000);
 afterAll(async () => {
   await project?.stop();
