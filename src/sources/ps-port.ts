@@ -171,7 +171,8 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
     },
     groupMembers: (pgid) => {
       const t = table();
-      if (!t.health.ok && t.table.processes.length === 0) return null;
+      // A degraded table (a line not understood, a pid printed twice) may lack a member: unknown.
+      if (!t.health.ok) return null;
       return t.table.processes.filter((p) => p.pgid === pgid && !isDead(p)).map((p) => ({ pid: p.pid, startTicks: p.startTicks, state: p.state, ppid: p.ppid, pgid: p.pgid, sid: p.sid }));
     },
     // ps reads the whole table in one call anyway: no targeted reads (every table is `full`).

@@ -51,6 +51,9 @@ describe('parsePsOutput (darwin text)', () => {
     const t = port.table();
     expect(t.unreadablePids).toEqual([5150]);
     expect(t.health.error).toMatch(/1 pid\(s\) printed twice/);
+    // A group listed from such a table may lack a member: unknown (no group signal on it).
+    expect(port.groupMembers(5120)).toBeNull();
+    expect(psPort({ run: () => ({ status: 0, stdout: DARWIN, stderr: '' }) }).groupMembers(5120)?.map((x) => x.pid)).toContain(5120);
   });
 
   it('a line it does not understand degrades the table and is counted as unreadable', () => {
