@@ -60,7 +60,12 @@ export function parseStat(text: string): StatFields | null {
     return null;
   }
   if (starttime < 0) return null;
-  return { pid, comm, state, ppid, pgrp, session, flags, numThreads: numThreads ?? 0, starttime, rssPages: Math.max(0, rssPages) };
+  // A thread-group leader whose main thread exited while other threads run reads `Z`, yet the
+  // process lives: signals reach it and it holds its memory. It is read as alive ('S'), never as
+  // a zombie (dead, unsignalled, left out of a group's members).
+  const threads = numThreads ?? 0;
+  const liveState = state === 'Z' && threads > 1 ? 'S' : state;
+  return { pid, comm, state: liveState, ppid, pgrp, session, flags, numThreads: threads, starttime, rssPages: Math.max(0, rssPages) };
 }
 
 /** A kernel thread: PF_KTHREAD set, or kthreadd (pid 2) and its children. No argv, no memory of its own. */

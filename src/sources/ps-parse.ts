@@ -23,7 +23,7 @@ export interface PsRow {
   pgid: number;
   uid: number;
   rssKib: number;
-  /** The first letter of ps's state (R S D T Z U I …); the flags after it (s + < N L …) dropped. */
+  /** The first letter of ps's state (R S D T Z U I …); the flags after it (s + < N L …) dropped; `Zl` is 'S' (it lives). */
   state: string;
   /** Start, epoch seconds (whole: lstart's resolution). */
   startEpoch: number;
@@ -72,7 +72,8 @@ export function parsePsOutput(text: string): { rows: PsRow[]; malformed: number;
       pgid: Number(m[3]),
       uid: Number(m[4]),
       rssKib: Number(m[5]),
-      state: m[6]!.charAt(0),
+      // `Zl` (procps: a multi-threaded process whose main thread exited) lives: read as 'S'.
+      state: /^Z.*l/.test(m[6]!) ? 'S' : m[6]!.charAt(0),
       startEpoch: Date.UTC(Number(m[12]), month, Number(m[8]), Number(m[9]), Number(m[10]), Number(m[11])) / 1000,
       args: m[13] ?? '',
     });

@@ -10,11 +10,12 @@ import {
 } from '../../src/sources/proc-stat.js';
 
 /** A stat line with the given head; fields 7.. are realistic values with starttime 53382 and rss 391. */
-function statLine(head: string, opts: { flags?: number; starttime?: number; rss?: number } = {}): string {
+function statLine(head: string, opts: { flags?: number; starttime?: number; rss?: number; threads?: number } = {}): string {
   const flags = opts.flags ?? 4194304;
+  const threads = opts.threads ?? 1;
   const starttime = opts.starttime ?? 53382;
   const rss = opts.rss ?? 391;
-  return `${head} 0 -1 ${flags} 102 0 0 0 0 0 0 0 20 0 1 0 ${starttime} 3133440 ${rss} 18446744073709551615 94742372175872 94742372195753 140734821941824 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94742372211760 94742372213376 94743392096256 140734821947935 140734821947955 140734821947955 140734821949419 0\n`;
+  return `${head} 0 -1 ${flags} 102 0 0 0 0 0 0 0 20 0 ${threads} 0 ${starttime} 3133440 ${rss} 18446744073709551615 94742372175872 94742372195753 140734821941824 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94742372211760 94742372213376 94743392096256 140734821947935 140734821947955 140734821947955 140734821949419 0\n`;
 }
 
 describe('parseStat', () => {
@@ -33,6 +34,16 @@ describe('parseStat', () => {
       name: 'comm with parentheses: ends at the LAST )',
       text: statLine('77 (a) b (c)) Z 1 77 77', { starttime: 9, rss: 0 }),
       want: { pid: 77, comm: 'a) b (c)', state: 'Z', ppid: 1, starttime: 9, rssPages: 0 },
+    },
+    {
+      name: 'a zombie leader whose other threads still run lives (read as S)',
+      text: statLine('79 (zl) Z 1 79 79', { threads: 2 }),
+      want: { pid: 79, state: 'S', numThreads: 2 },
+    },
+    {
+      name: 'a single-threaded zombie is a zombie',
+      text: statLine('80 (z) Z 1 80 80', { threads: 1 }),
+      want: { pid: 80, state: 'Z', numThreads: 1 },
     },
     {
       name: 'comm that looks like fields',

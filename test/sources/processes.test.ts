@@ -1,3 +1,4 @@
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,12 +11,14 @@ import {
   BTIME_BOOT_ERROR_SECONDS,
   readClock,
   readCwd,
+  procPort,
   readIdentity,
   readChildren,
   readProcessTable,
   sameProcess,
   UPTIME_BOOT_ERROR_SECONDS,
 } from '../../src/sources/processes.js';
+import { waitUntil } from '../helpers/temp-project.js';
 
 // ---------------------------------------------------------------------------------------------
 // A fixture /proc tree
@@ -324,6 +327,26 @@ describe('readProcessTable on real processes', () => {
     return t;
   }
   const byPid = (ps: ProcessInfo[]) => new Map(ps.map((p) => [p.pid, p]));
+
+  // A C program whose main thread exits while another runs: /proc says Z, the process lives.
+  const cc = spawnSync('cc', ['--version'], { stdio: 'ignore' }).error === undefined;
+  it.skipIf(!cc)(`a process whose main thread exited while another runs is alive, not a zombie${cc ? '' : ' (skipped: no cc to build it)'}`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'zl-'));
+    writeFileSync(join(dir, 'zl.c'), '#include <pthread.h>\n#include <unistd.h>\nstatic void *run(void *a) { (void)a; sleep(30); return 0; }\nint main(void) { pthread_t t; pthread_create(&t, 0, run, 0); pthread_exit(0); }\n');
+    expect(spawnSync('cc', ['-pthread', '-o', join(dir, 'zl'), join(dir, 'zl.c')]).status).toBe(0);
+    const child = spawn(join(dir, 'zl'), { stdio: 'ignore' });
+    try {
+      await waitUntil(() => /^Threads:\s+2$/m.test(readFileSync(`/proc/${child.pid}/status`, 'utf8')) && /^State:\s+Z/m.test(readFileSync(`/proc/${child.pid}/status`, 'utf8')));
+      const id = readIdentity(child.pid!);
+      expect(id?.state).toBe('S');
+      const row = readProcessTable({}).table.processes.find((p) => p.pid === child.pid);
+      expect(row?.state).toBe('S');
+      expect(procPort().groupMembers(id!.pgid)?.map((m) => m.pid)).toContain(child.pid);
+    } finally {
+      child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   it('reads this process with its cwd and identity', () => {
     const { table, health } = readProcessTable({ detailFor: (p) => p.pid === process.pid });

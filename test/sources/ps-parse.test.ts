@@ -65,6 +65,13 @@ describe('parsePsOutput (darwin text)', () => {
     expect(psPort({ run: () => ({ status: 0, stdout: DARWIN, stderr: '' }) }).table().health.ok).toBe(true);
   });
 
+  it('`Zl` (procps: a multi-threaded process whose main thread exited) lives: read as S, its args kept', () => {
+    const [row] = parsePsOutput(' 6000     1  6000   501   1000 Zl   Wed Dec  2 09:20:00 2026 ./zl --serve').rows;
+    expect(row).toMatchObject({ pid: 6000, state: 'S' });
+    expect(psArgv(row!)).toEqual(['./zl', '--serve']);
+    expect(parsePsOutput(' 6001     1  6001   501      0 Z    Wed Dec  2 09:20:00 2026 (zl)').rows[0]!.state).toBe('Z');
+  });
+
   it('a zombie has no argv (macOS prints "(name)"), and kernel_task is no process of ours', () => {
     expect(rows[4]!.state).toBe('Z');
     expect(psArgv(rows[4]!)).toEqual([]);
