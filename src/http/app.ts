@@ -230,7 +230,8 @@ function readBody(req: http.IncomingMessage): Promise<string> {
       chunks.push(c);
     });
     req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
+    // The client went away mid-body: its error, not ours (never logged as an internal one).
+    req.on('error', (err) => reject(new HttpError(400, `body not received (${(err as NodeJS.ErrnoException).code ?? err.message})`)));
   });
 }
 
@@ -251,7 +252,13 @@ export class WatchdogHttp {
 
   constructor(private readonly deps: AppDeps) {
     this.table = routes(deps);
-    this.server = http.createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => void this.handle(req, res));
+    this.server = http.createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        // Never an unhandled rejection (it would end the daemon): log, drop the connection.
+        this.deps.logError?.(err, 'request failed');
+        res.destroy();
+      });
+    });
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -283,16 +290,16 @@ export class WatchdogHttp {
       }
     }
     if (res.headersSent || res.destroyed) return;
-    // A body not read (refused before it was needed) is drained so the connection can be reused;
-    // after a body over the limit the connection is closed instead of reading the rest.
-    if (reply.status === 413) reply.headers = { ...reply.headers, connection: 'close' };
-    req.resume();
+    // After an error the connection is closed rather than reading a body nobody wants (of any
+    // size, until the request timeout); a good request's unread body is drained for keep-alive.
+    if (reply.status >= 400) reply.headers = { ...reply.headers, connection: 'close' };
+    else req.resume();
     try {
       send(res, reply, head);
     } catch (err) {
       // A body that does not serialise (a bug): say so, never leave the request hanging.
       this.deps.logError?.(err, 'response failed');
-      if (!res.headersSent) send(res, { status: 500, json: { error: 'internal error' } }, head);
+      if (!res.headersSent) send(res, { status: 500, json: { error: 'internal error' }, headers: { connection: 'close' } }, head);
       else res.destroy();
     }
   }

@@ -135,8 +135,9 @@ export class ProjectSession {
     const pidFiles = readPidFiles(pidsDir);
     sources.pidfiles = pidFiles.health;
 
-    // The store is asked only about pids that are alive now (a run naming a dead pid can never
-    // be evidence again: any later process with that pid started after the run finished).
+    // The store is asked about pids that are alive now (a run naming a dead pid can never be
+    // evidence again: any later process with that pid started after the run finished); a
+    // focused re-verification adds the last cycle's (below).
     // Their start times let the store drop finished runs that ended before the process started
     // (a reused pid): bounded tracking on hosts that cycle through pids.
     // Live group ids count too: when an adapter's top died, its group lives on under the dead

@@ -235,6 +235,17 @@ describe('POST /api/reap', () => {
     expect((await inject('/healthz')).statusCode).toBe(200); // still serving
   });
 
+  it('a reply that does not serialise is a 500 (logged), never a hung request; errors close the connection', async () => {
+    const logged: string[] = [];
+    await makeApp({ reap: async () => ({ status: 200, body: { n: 1n } }), logError: (_e, msg) => void logged.push(msg) });
+    const res = await post({ allLeaked: true });
+    expect(res.statusCode).toBe(500);
+    expect(res.json()).toEqual({ error: 'internal error' });
+    expect(res.headers.connection).toBe('close');
+    expect(logged).toEqual(['response failed']);
+    expect((await inject('/healthz')).statusCode).toBe(200);
+  });
+
   it('passes a valid selection through', async () => {
     const calls = await makeApp();
     const res = await post({ jobs: ['job-eb3d1747'], dryRun: true });
