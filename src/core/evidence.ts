@@ -2,7 +2,7 @@
 // sources without judging them. classify.ts turns this into verdicts. Pure: no I/O, no clock.
 
 import { judgePidFileFacts } from './pid-file-rule.js';
-import { isDead, matchesMarker, type ProcessIndex } from './process-tree.js';
+import { isDead, matchesMarker, pushTo, type ProcessIndex } from './process-tree.js';
 import { parseIsoEpoch, startEpoch } from './time.js';
 import type { ClockInfo, Evidence, PidFileEntry, PidFileStatus, ProcessInfo, RunRow } from './types.js';
 
@@ -16,12 +16,6 @@ export function namedRoot(run: RunRow, index: ProcessIndex): number | null {
   if (carried(run.pid)) return run.pid;
   if (run.pgid !== run.pid && carried(run.pgid)) return run.pgid;
   return null;
-}
-
-function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
-  const list = map.get(key);
-  if (list) list.push(value);
-  else map.set(key, [value]);
 }
 
 export interface RootCandidate {
@@ -107,9 +101,9 @@ export function indexRuns(runs: readonly RunRow[], index: ProcessIndex, withSess
   const runsBySession = withSessions ? new Map<string, RunRow[]>() : null;
   for (const run of runs) {
     if (!run.agentStep || run.inVm) continue;
-    if (run.sessionId !== null && runsBySession) push(runsBySession, run.sessionId.toLowerCase(), run);
+    if (run.sessionId !== null && runsBySession) pushTo(runsBySession, run.sessionId.toLowerCase(), run);
     const named = namedRoot(run, index);
-    if (named !== null) push(runsByPid, named, run);
+    if (named !== null) pushTo(runsByPid, named, run);
   }
   return { runsByPid, runsBySession };
 }
@@ -117,7 +111,7 @@ export function indexRuns(runs: readonly RunRow[], index: ProcessIndex, withSess
 /** Valid pid files by pid. */
 export function indexPidFiles(files: readonly PidFileEntry[]): Map<number, PidFileEntry[]> {
   const out = new Map<number, PidFileEntry[]>();
-  for (const f of files) if (f.pid !== null) push(out, f.pid, f);
+  for (const f of files) if (f.pid !== null) pushTo(out, f.pid, f);
   return out;
 }
 

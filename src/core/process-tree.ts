@@ -35,19 +35,20 @@ export function indexProcesses(processes: readonly ProcessInfo[], remembered: re
   for (const p of processes) {
     byPid.set(p.pid, p);
     if (isDead(p)) continue;
-    push(children, p.ppid, p);
-    push(groups, p.pgid, p);
+    pushTo(children, p.ppid, p);
+    pushTo(groups, p.pgid, p);
   }
   const byTop = new Map<number, { p: ProcessInfo; topStartTicks: number }[]>();
   for (const m of remembered) {
     const p = byPid.get(m.pid);
     // Only the same live process: a reused pid is someone else.
-    if (p && p.startTicks === m.startTicks && !isDead(p) && m.pid !== m.topPid) push(byTop, m.topPid, { p, topStartTicks: m.topStartTicks });
+    if (p && p.startTicks === m.startTicks && !isDead(p) && m.pid !== m.topPid) pushTo(byTop, m.topPid, { p, topStartTicks: m.topStartTicks });
   }
   return { byPid, children, groups, remembered: byTop };
 }
 
-function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+/** Append to the list under `key` (a multimap). */
+export function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   const list = map.get(key);
   if (list) list.push(value);
   else map.set(key, [value]);

@@ -526,6 +526,27 @@ function reportedPids(msg: Record<string, unknown>): number[] {
   return Array.isArray(msg.pids) ? (msg.pids as unknown[]).filter((p): p is number => typeof p === 'number') : [];
 }
 
+/**
+ * The tree's first line (its pids, or an error), once an orphan's launcher has exited; on a
+ * timeout or a broken channel the launcher (and, under us, its group) is killed and the error
+ * rethrown.
+ */
+async function readyMessage(channel: Channel, child: ChildProcess, parent: string, helperPid: number | undefined, readyTimeoutMs: number): Promise<Record<string, unknown>> {
+  try {
+    const exited = parent === 'orphan' ? new Promise<void>((r) => child.once('exit', () => r())) : Promise.resolve();
+    const msg = await channel.firstLine(readyTimeoutMs);
+    await exited;
+    return msg;
+  } catch (e) {
+    if (helperPid !== undefined) {
+      if (parent === 'self') trySignal(-helperPid, 'SIGKILL');
+      trySignal(helperPid, 'SIGKILL');
+    }
+    channel.destroy();
+    throw e;
+  }
+}
+
 /** Start a real fake adapter tree; resolves once every level is up and has reported its pid (acp: and the sessions asked for run). */
 export async function spawnFakeTree(opts: FakeTreeOptions = {}): Promise<FakeTree> {
   const shape = opts.shape ?? (opts.depth !== undefined || opts.argvByLevel !== undefined ? 'generic' : 'acp');
@@ -558,19 +579,7 @@ async function spawnGenericTree(opts: FakeTreeOptions): Promise<FakeTree> {
   const { child, helperPid, helperId } = launch(cfg, script, cfg.argvByLevel[0] ?? [], parent, cwd, 'ignore');
   const channel = new Channel(child);
 
-  let msg: Record<string, unknown>;
-  try {
-    const exited = parent === 'orphan' ? new Promise<void>((r) => child.once('exit', () => r())) : Promise.resolve();
-    msg = await channel.firstLine(readyTimeoutMs);
-    await exited;
-  } catch (e) {
-    if (helperPid !== undefined) {
-      if (parent === 'self') trySignal(-helperPid, 'SIGKILL');
-      trySignal(helperPid, 'SIGKILL');
-    }
-    channel.destroy();
-    throw e;
-  }
+  const msg = await readyMessage(channel, child, parent, helperPid, readyTimeoutMs);
   channel.destroy();
   const pids = reportedPids(msg);
   const identities = pids.map((pid) => identityNow(pid));
@@ -656,19 +665,7 @@ async function spawnAcpTree(opts: FakeTreeOptions): Promise<FakeTree> {
   const channel = new Channel(child);
   const extra = parent === 'non-reaping' && helperId ? [helperId] : [];
 
-  let msg: Record<string, unknown>;
-  try {
-    const exited = parent === 'orphan' ? new Promise<void>((r) => child.once('exit', () => r())) : Promise.resolve();
-    msg = await channel.firstLine(readyTimeoutMs);
-    await exited;
-  } catch (e) {
-    if (helperPid !== undefined) {
-      if (parent === 'self') trySignal(-helperPid, 'SIGKILL');
-      trySignal(helperPid, 'SIGKILL');
-    }
-    channel.destroy();
-    throw e;
-  }
+  const msg = await readyMessage(channel, child, parent, helperPid, readyTimeoutMs);
   const levelPids = reportedPids(msg);
   const levelIds = levelPids.map((pid) => identityNow(pid)).filter((i): i is LiveIdentity => i !== null);
   if (typeof msg.error === 'string' || msg.fake !== 'ready' || levelPids.length !== 3 || levelIds.length !== 3) {
