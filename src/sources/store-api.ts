@@ -17,7 +17,7 @@ export interface StoreReaderOptions {
   retainFinishedMs?: number;
   /**
    * At most this many such runs (default 10 000; the oldest go first), so a burst of finished
-   * jobs cannot grow the reader without bound. They are checked in memory, never re-read: only a
+   * jobs cannot grow the reader without bound; the same bound holds for retained cancelled runs. They are checked in memory, never re-read: only a
    * cancelled run is written to by the engine after it finished.
    */
   retainFinishedMax?: number;

@@ -312,7 +312,11 @@ export class StoreReader {
     const cancelled = p.run.status === 'cancelled' && this.retainCancelledMs > 0;
     // History from a full scan is not retained, except recently cancelled runs (see fullChunk).
     const retain = () => {
-      if (cancelled) this.retainedCancelled.set(p.id, { run: p.run!, since: this.now() });
+      if (cancelled) {
+        this.retainedCancelled.set(p.id, { run: p.run!, since: this.now() });
+        // Bounded too (a cancel storm): one dropped costs a retry adapter's tie (a missed reap), never a kill.
+        if (this.retainedCancelled.size > this.retainMax) this.retainedCancelled.delete(this.retainedCancelled.keys().next().value!);
+      }
       else if (source !== 'scan' && this.retainMs > 0 && this.retainMax > 0) {
         this.retained.set(p.id, { run: p.run!, since: this.now() });
         // Insertion order is age order (ingest deletes before it sets): drop the oldest.

@@ -522,6 +522,13 @@ describe('rows', () => {
     r = reader.read({ pidsOfInterest: new Set([201, 205]) });
     expect(r.snapshot!.runs.map((x) => `${x.id}:${x.sessionId}`)).toEqual(['run-205:late']);
     expect(reader.lastReadStats?.retainedRuns).toBe(2);
+    // Cancelled runs (re-read while retained) are held to the same bound.
+    for (const pid of [301, 302, 303, 304]) {
+      const job = insertJob(db, { id: `job-${pid}`, status: 'cancelled' });
+      insertRun(db, { id: `run-${pid}`, jobId: job, status: 'cancelled', executorState: agentExecutorState({ pid }) });
+    }
+    r = reader.read({ pidsOfInterest: new Set([205]) });
+    expect(reader.lastReadStats?.retainedRuns).toBe(2 + 3);
     db.close();
   });
 
