@@ -53,7 +53,9 @@ function ownPids(inv: ProjectInventory): number[] {
   return inv.adapters.filter((t) => t.processes.some((p) => p.argv.join(' ').includes(inv.root))).flatMap((t) => [t.topPid, ...t.processes.map((p) => p.pid)]);
 }
 
-describe.skipIf(!supported)('targeted reads give the same inventory as full sweeps', () => {
+const WHY_SKIPPED = supported ? '' : ' (skipped: this kernel has no /proc/<pid>/task/<tid>/children, so every read is a full sweep)';
+
+describe.skipIf(!supported)(`targeted reads give the same inventory as full sweeps${WHY_SKIPPED}`, () => {
   let project: TempProject;
   const fillers: ChildProcess[] = [];
 
@@ -176,7 +178,7 @@ describe.skipIf(!supported)('targeted reads give the same inventory as full swee
   });
 });
 
-describe.skipIf(!supported)('a member that double-forks and setsids away', () => {
+describe.skipIf(!supported)(`a member that double-forks and setsids away${WHY_SKIPPED}`, () => {
   let project: TempProject | null = null;
   const stops: (() => void)[] = [];
   afterEach(async () => {

@@ -102,7 +102,7 @@ afterAll(async () => {
   built?.cleanup();
 });
 
-it.runIf(tools.length > 0 && process.env.CI === 'true')('CI has ps and lsof (.ci/run installs them)', () => {
+it.runIf(tools.length > 0 && process.env.CI === 'true')('CI has ps and lsof (.ci/run installs them; runs only under CI=true with one missing, and fails then)', () => {
   expect(tools).toEqual([]);
 });
 
