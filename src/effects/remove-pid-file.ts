@@ -40,11 +40,6 @@ export interface RemovePidFileDeps {
   processes?: ProcessPort;
   /** The configured clockTolerance, as the classifier's (policy.clockToleranceSeconds). */
   toleranceSeconds?: number;
-  /**
-   * Pids that were members of the file's group (a reaped tree's processes): a leaderless group
-   * is then looked for among them and their descendants only, not over the whole host.
-   */
-  knownMembers?: readonly number[];
 }
 
 /** Why `dir` cannot be the pids folder we unlink in, or null. */
@@ -83,8 +78,8 @@ function stillStale(pid: number, mtimeEpoch: number, deps: RemovePidFileDeps): {
   if (read.kind === 'unknown') process = 'unknown';
   else if (read.kind === 'gone') process = null;
   else process = { state: read.id.state, startTicks: read.id.startTicks, what: (processes.argv(pid) ?? []).join(' ').slice(0, 60) || `pid ${pid}` };
-  // Only asked when the leader is gone: a full pass over the table, or the known members' subtrees.
-  const members = process === null || (process !== 'unknown' && isDead(process)) ? processes.groupMembers(pid, deps.knownMembers) : [];
+  // Only asked when the leader is gone: a full pass over the table.
+  const members = process === null || (process !== 'unknown' && isDead(process)) ? processes.groupMembers(pid) : [];
   const { clock, error } = processes.clock();
   const tolerance = deps.toleranceSeconds ?? DEFAULT_POLICY.clockToleranceSeconds;
   const j = judgePidFileFacts({
@@ -191,9 +186,9 @@ export function removePidFileOfReapedTree(tree: AdapterTree, pidsDir: string, op
   }
   if (entry.pid === null) return { ...removeResultBase(action, 'reaped-tree'), outcome: 'skipped', detail: `invalid (${entry.invalidReason ?? 'invalid'}): never removed` };
   if (entry.pid !== tree.topPid) return { ...removeResultBase(action, 'reaped-tree'), outcome: 'skipped', detail: `names pid ${entry.pid}, not the reaped top ${tree.topPid}` };
-  // Every member of the group when it was killed is in the tree (or descends from one of its
-  // processes): the kill's group signal reached all of them.
-  return removePidFile(action, { ...deps, knownMembers: tree.processes.map((p) => p.pid) }, 'reaped-tree');
+  // The group is listed over the whole table, not among the tree's processes: a member the kill
+  // did not reach (an unseen one, a child forked after SIGTERM) keeps the file, the evidence.
+  return removePidFile(action, deps, 'reaped-tree');
 }
 
 function removeResultBase(action: RemovePidFileAction, trigger: PidFileResult['trigger']): Omit<PidFileResult, 'outcome' | 'detail'> {

@@ -81,11 +81,10 @@ export interface ProcessPort {
   table(opts?: TableOptions): ProcessTableResult;
   identity(pid: number): IdentityRead;
   /**
-   * Live (non-zombie) members of a process group; null when that cannot be told. With `known`
-   * (pids that are or were members), only those, the group id and their descendants are read
-   * when the kernel provides children files (else every pid): see processes.ts.
+   * Every live (non-zombie) member of a process group, listed now over the whole table; null
+   * when that cannot be told.
    */
-  groupMembers(pgid: number, known?: readonly number[]): LiveIdentity[] | null;
+  groupMembers(pgid: number): LiveIdentity[] | null;
   /** The live children of one process (task/<tid>/children); `gone`, or `unknown` when unreadable or unsupported. */
   children(pid: number): ChildrenRead;
   /** Whether the kernel provides children files: targeted reads need them (else full scans). */

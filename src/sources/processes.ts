@@ -445,34 +445,11 @@ export function readCwd(pid: number, procRoot: string = DEFAULT_PROC_ROOT): stri
 }
 
 /**
- * Live (non-zombie) members of a process group; null when that cannot be told. With `known`
- * (pids that are or were members, e.g. a tree's processes) and children files: only those, the
- * group id itself and their descendants are read — never the host. A member that is neither
- * (reparented away from every known process) is not seen, so the answer may be short: the kill
- * path lists without `known` (complete) before a group signal; the reaped tree's pid-file
- * removal lists with it (a member missed there costs the file, the evidence of a later reap,
- * never a signal). Without `known`, or without children files: one stat pass over every pid.
+ * Live (non-zombie) members of a process group, from one stat pass over every pid (a member may
+ * have been reparented away from every process we know: only the whole table can tell); null
+ * when that cannot be told (a pid whose stat cannot be read might be a member).
  */
-function groupMembersOf(pgid: number, procRoot: string, known?: readonly number[]): LiveIdentity[] | null {
-  if (known !== undefined && childrenFilesSupported(procRoot)) {
-    const out: LiveIdentity[] = [];
-    const seen = new Set<number>();
-    const stack = [pgid, ...known];
-    while (stack.length > 0) {
-      const pid = stack.pop()!;
-      if (seen.has(pid) || !Number.isSafeInteger(pid) || pid <= 0) continue;
-      seen.add(pid);
-      const r = readIdentityOf(pid, procRoot);
-      if (r.kind === 'unknown') return null;
-      if (r.kind === 'gone' || isDead(r.id)) continue;
-      if (r.id.pgid === pgid) out.push(r.id);
-      if (pid <= 2) continue;
-      const kids = readChildren(pid, procRoot);
-      if (kids.kind === 'unknown') return null;
-      if (kids.kind === 'ok') stack.push(...kids.pids);
-    }
-    return out;
-  }
+function groupMembersOf(pgid: number, procRoot: string): LiveIdentity[] | null {
   let names: string[];
   try {
     names = readdirSync(procRoot);
@@ -536,7 +513,7 @@ export function procPort(procRoot: string = DEFAULT_PROC_ROOT): ProcessPort {
     root: procRoot,
     table: (opts: TableOptions = {}) => readProcessTable({ ...opts, procRoot }),
     identity: (pid) => readIdentityOf(pid, procRoot),
-    groupMembers: (pgid, known) => groupMembersOf(pgid, procRoot, known),
+    groupMembers: (pgid) => groupMembersOf(pgid, procRoot),
     children: (pid) => (childrenFilesSupported(procRoot) ? readChildren(pid, procRoot) : { kind: 'unknown', error: `no children files under ${procRoot} (CONFIG_PROC_CHILDREN)` }),
     childrenSupported: () => childrenFilesSupported(procRoot),
     argv: (pid) => readArgv(pid, procRoot),

@@ -95,9 +95,9 @@ describe('the group signal never reaches a process the re-verification did not s
     const real = procPort();
     return {
       ...real,
-      groupMembers: (pgid, known) => {
+      groupMembers: (pgid) => {
         if (extra === 'unlistable') return null;
-        const members = real.groupMembers(pgid, known);
+        const members = real.groupMembers(pgid);
         return members && [...members, { pid: 4_000_001, startTicks: 7, state: 'S', ppid: 1, pgid, sid: pgid }];
       },
     };

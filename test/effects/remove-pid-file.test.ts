@@ -8,7 +8,7 @@ import { ProjectSession } from '../../src/session/project-session.js';
 import { removePidFile, removePidFileOfReapedTree } from '../../src/effects/remove-pid-file.js';
 import { selfPlanContext } from '../../src/effects/self.js';
 import { readIdentity } from '../../src/sources/processes.js';
-import { createTempProject, type TempProject } from '../helpers/temp-project.js';
+import { createTempProject, goneOrZombie, waitUntil, type TempProject } from '../helpers/temp-project.js';
 
 let project: TempProject;
 let session: ProjectSession;
@@ -171,5 +171,19 @@ describe('removePidFile', () => {
     expect(fs.existsSync(a.pidFile!)).toBe(false);
     expect(removePidFileOfReapedTree(tree, project.pidsDir)?.outcome).toBe('already-gone');
     expect(removePidFileOfReapedTree({ ...tree, pidFile: null }, project.pidsDir)).toBeNull();
+  });
+
+  it('removePidFileOfReapedTree keeps the file while a member of its group lives that the reaped tree did not list', async () => {
+    const a = await project.spawnAdapter({ job: 'failed' });
+    const tree = session.collect().adapters.find((t) => t.topPid === a.tree.topPid)!;
+    // The kill reached the top only; the rest of the group lives on, unknown to the tree passed in.
+    const [top, ...rest] = a.tree.identities;
+    process.kill(top!.pid, 'SIGKILL');
+    await waitUntil(() => goneOrZombie(top!));
+    const topOnly = { ...tree, processes: tree.processes.filter((p) => p.pid === top!.pid) };
+    const r = removePidFileOfReapedTree(topOnly, project.pidsDir);
+    expect(r?.outcome, r?.detail).toBe('skipped');
+    expect(fs.existsSync(a.pidFile!)).toBe(true);
+    expect(rest.some((m) => !goneOrZombie(m))).toBe(true);
   });
 });
