@@ -32,7 +32,8 @@ export type CommandRunner = (file: string, args: readonly string[]) => CommandRe
 export const runCommand: CommandRunner = (file, args) => {
   const r = spawnSync(file, [...args], {
     encoding: 'utf8',
-    env: { ...process.env, LC_ALL: 'C', TZ: 'UTC' },
+    // Only what the format needs: no PS_PERSONALITY, PS_FORMAT or locale of the caller's shaping it.
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin:/usr/sbin:/sbin', LC_ALL: 'C', TZ: 'UTC' },
     timeout: 10_000,
     maxBuffer: 64 * 1024 * 1024,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -42,9 +43,9 @@ export const runCommand: CommandRunner = (file, args) => {
 };
 
 export interface PsPortOptions {
-  /** The ps binary. Default `ps` on PATH (macOS: /bin/ps). */
+  /** The ps binary. Default /bin/ps on macOS (the system's, never one earlier on PATH), else `ps` on PATH. */
   ps?: string;
-  /** The lsof binary, for a process's cwd. Default `lsof` on PATH. */
+  /** The lsof binary, for a process's cwd. Default /usr/sbin/lsof on macOS, else `lsof` on PATH. */
   lsof?: string;
   run?: CommandRunner;
 }
@@ -60,8 +61,9 @@ function failure(what: string, r: CommandResult): string {
 
 /** The `ps` implementation of the process-table port. */
 export function psPort(opts: PsPortOptions = {}): ProcessPort {
-  const ps = opts.ps ?? 'ps';
-  const lsof = opts.lsof ?? 'lsof';
+  const darwin = process.platform === 'darwin';
+  const ps = opts.ps ?? (darwin ? '/bin/ps' : 'ps');
+  const lsof = opts.lsof ?? (darwin ? '/usr/sbin/lsof' : 'lsof');
   const run = opts.run ?? runCommand;
   // Start ticks count from pid 1's start (launchd, init: the boot, or the container's start),
   // read once: identities stay comparable for the life of the port.
