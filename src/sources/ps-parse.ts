@@ -46,9 +46,12 @@ export function parseLstart(text: string): number | null {
 
 /**
  * Parse a whole snapshot. A line that is not a row continues the previous row's args: an argv
- * holding a newline is printed across lines by some ps versions. Lines before the first row are
- * ignored (and counted). Pids printed on two rows are `ambiguous`: dropped (unknown, never judged).
+ * holding a newline is printed across lines by some ps versions. Lines before the first row, and
+ * lines that start like a row but do not parse, are dropped and counted (`malformed`). Pids printed on two rows are `ambiguous`: dropped (unknown, never judged).
  */
+/** The start of a row: three numbers (pid, ppid, pgid) and more. */
+const LOOKS_LIKE_ROW = /^\s*\d+\s+\d+\s+\d+\s+\d+\s/;
+
 export function parsePsOutput(text: string): { rows: PsRow[]; malformed: number; ambiguous: number[] } {
   const rows: PsRow[] = [];
   let malformed = 0;
@@ -57,12 +60,16 @@ export function parsePsOutput(text: string): { rows: PsRow[]; malformed: number;
     const m = ROW.exec(line);
     if (!m) {
       const last = rows[rows.length - 1];
-      if (last) last.args += `\n${line}`;
+      // A line that starts like a row (pid ppid pgid …) but does not parse is a process we cannot
+      // read, not the previous argv's next line: counted (the table is then degraded).
+      if (last && !LOOKS_LIKE_ROW.test(line)) last.args += `\n${line}`;
       else malformed++;
       continue;
     }
     const month = MONTHS[m[7]!];
-    if (month === undefined) {
+    const ints = [m[1], m[2], m[3], m[4], m[5]].map(Number);
+    const [day, hour, minute, second] = [m[8], m[9], m[10], m[11]].map(Number) as [number, number, number, number];
+    if (month === undefined || !ints.every(Number.isSafeInteger) || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) {
       malformed++;
       continue;
     }

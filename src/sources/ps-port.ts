@@ -160,7 +160,9 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
     if (error) return { kind: 'unknown', error };
     if (s.ambiguous.includes(pid)) return { kind: 'unknown', error: `ps printed pid ${pid} twice` };
     const row = s.rows.find((r) => r.pid === pid);
-    return row ? { kind: 'row', row, base: clock.bootTimeEpoch } : { kind: 'gone' };
+    if (row) return { kind: 'row', row, base: clock.bootTimeEpoch };
+    // ps printed something for it that did not parse: unknown, never gone (gone removes pid files).
+    return s.malformed > 0 ? { kind: 'unknown', error: `ps line for pid ${pid} not understood` } : { kind: 'gone' };
   };
 
   return {
@@ -180,7 +182,8 @@ export function psPort(opts: PsPortOptions = {}): ProcessPort {
     // ps reads the whole table in one call anyway: no targeted reads (every table is `full`).
     children: (pid) => {
       const t = table();
-      if (!t.health.ok && t.table.processes.length === 0) return { kind: 'unknown', error: t.health.error ?? 'ps failed' };
+      // A degraded table may lack the process or a child: unknown, as for groupMembers.
+      if (!t.health.ok) return { kind: 'unknown', error: t.health.error ?? 'ps failed' };
       if (!t.table.processes.some((p) => p.pid === pid && !isDead(p))) return { kind: 'gone' };
       return { kind: 'ok', pids: t.table.processes.filter((p) => p.ppid === pid && !isDead(p)).map((p) => p.pid) };
     },

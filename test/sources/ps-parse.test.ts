@@ -65,6 +65,20 @@ describe('parsePsOutput (darwin text)', () => {
     expect(psPort({ run: () => ({ status: 0, stdout: DARWIN, stderr: '' }) }).table().health.ok).toBe(true);
   });
 
+  it('a line that starts like a row but does not parse is a process it cannot read: counted, never glued to an argv, never "gone"', () => {
+    const odd = ' 7777  5120  5120   501   1000 S    Wed Dec  2 9:14:03 2026 node x.js'; // a one-digit hour
+    const withOdd = `${DARWIN}\n${odd}`;
+    const r = parsePsOutput(withOdd);
+    expect(r.malformed).toBe(1);
+    expect(r.rows.some((x) => x.args.includes('7777'))).toBe(false);
+    expect(parsePsOutput(`${DARWIN}\n 7778     1  7778   501   1000 S    Wed Dec  2 25:14:03 2026 node y.js`).malformed).toBe(1); // hour 25
+    const port = psPort({ run: () => ({ status: 0, stdout: withOdd, stderr: '' }) });
+    expect(port.table().health).toMatchObject({ ok: false, unreadable: 1 });
+    const one = psPort({ run: (_f, args) => ({ status: 0, stdout: args.includes('-p') ? `${DARWIN.split('\n')[0]}\n${odd}` : withOdd, stderr: '' }) });
+    expect(one.identity(7777)).toEqual({ kind: 'unknown', error: 'ps line for pid 7777 not understood' });
+    expect(port.children(5120)).toMatchObject({ kind: 'unknown' });
+  });
+
   it('`Zl` (procps: a multi-threaded process whose main thread exited) lives: read as S, its args kept', () => {
     const [row] = parsePsOutput(' 6000     1  6000   501   1000 Zl   Wed Dec  2 09:20:00 2026 ./zl --serve').rows;
     expect(row).toMatchObject({ pid: 6000, state: 'S' });
