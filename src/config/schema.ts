@@ -8,12 +8,18 @@ import { DEFAULT_POLICY, type Policy } from '../core/types.js';
 import { PROCESS_SOURCES } from '../sources/default-port.js';
 import { DEFAULT_PROC_ROOT } from '../sources/processes.js';
 
-const seconds = (name: string) =>
-  z.coerce
-    .number({ invalid_type_error: `${name} must be a number of seconds` })
-    .finite()
-    .min(0, `${name} must be ≥ 0`)
-    .max(7 * 86400, `${name} must be at most a week`);
+/** A decimal number of seconds as text (flags, env) or a number (config file); anything else stays as it is and fails. */
+const secondsValue = (v: unknown): unknown => (typeof v === 'string' && /^\s*-?\d+(\.\d+)?\s*$/.test(v) ? Number(v) : v);
+
+const seconds = (name: string, min?: { value: number; message: string }) =>
+  z.preprocess(
+    secondsValue,
+    z
+      .number({ invalid_type_error: `${name} must be a number of seconds`, required_error: `${name} must be a number of seconds` })
+      .finite()
+      .min(min?.value ?? 0, min?.message ?? `${name} must be ≥ 0`)
+      .max(7 * 86400, `${name} must be at most a week`),
+  );
 
 const listen = z
   .string()
@@ -43,7 +49,7 @@ export const configSchema = z
     clockTolerance: z.coerce.number().finite().min(0).max(60).default(DEFAULT_POLICY.clockToleranceSeconds),
     killWait: seconds('kill wait').default(5),
     storeBusyMs: z.coerce.number().int().min(0).max(60_000).default(2000),
-    interval: seconds('interval').min(0.2, 'interval must be at least 0.2 s').default(15),
+    interval: seconds('interval', { value: 0.2, message: 'interval must be at least 0.2 s' }).default(15),
     listen: listen.default('127.0.0.1:9477'),
     observeOnly: z.boolean().default(false),
     orphans: z.boolean().default(true),
@@ -55,7 +61,7 @@ export const configSchema = z
     logLevel: z.enum(LOG_LEVELS).default('info'),
     watchProcess: z.array(watchProcess).default([]),
     allowOtherUids: z.boolean().default(false),
-    growthWindow: seconds('growth window').min(60, 'growth window must be at least 60 s').default(3600),
+    growthWindow: seconds('growth window', { value: 60, message: 'growth window must be at least 60 s' }).default(3600),
     /** Seconds between full sweeps of the process table (cycles in between read only what can matter); 0: every cycle. */
     fullSweepSeconds: seconds('full sweep').default(60),
   })

@@ -43,6 +43,10 @@ describe('config: one schema for flags, env and file', () => {
     ['an env boolean', { flags: {}, env: { STEPWISE_WATCHDOG_GC: 'maybe' } }, /^env STEPWISE_WATCHDOG_GC="maybe": must be true or false$/],
     ['a watch spec', { flags: { watchProcess: ['gateway'] }, env: {} }, /^--watch-process "gateway": must be NAME=PIDFILE/],
     ['an empty marker', { flags: { markers: [''] }, env: {} }, /^--marker "": a marker cannot be empty$/],
+    // Seconds are decimal numbers: empty text is not 0, hex is not a number of seconds.
+    ['an empty number of seconds', { flags: { fullSweepSeconds: '' }, env: {} }, /^--full-sweep-seconds "": full sweep must be a number of seconds$/],
+    ['a hex number of seconds', { flags: { fullSweepSeconds: '0x10' }, env: {} }, /^--full-sweep-seconds "0x10": full sweep must be a number of seconds$/],
+    ['a negative number of seconds', { flags: { killWait: '-1' }, env: {} }, /^--kill-wait "-1": kill wait must be ≥ 0$/],
   ];
   for (const [name, input, re] of bad) {
     it(`names the bad value of ${name} and where it came from`, () => {
@@ -54,6 +58,7 @@ describe('config: one schema for flags, env and file', () => {
   it('names the key of a bad value in a config file, and unknown keys', () => {
     expect(() => loadConfig({ flags: {}, env: {}, file: file({ interval: 0.01 }) })).toThrow(/config file .*c\.json: "interval" 0\.01: interval must be at least 0\.2 s$/);
     expect(() => loadConfig({ flags: {}, env: {}, file: file({ bogus: 1 }) })).toThrow(/unknown option "bogus" in config file/);
+    expect(() => loadConfig({ flags: {}, env: {}, file: file({ interval: true }) })).toThrow(/"interval" true: interval must be a number of seconds$/);
     expect(() => loadConfig({ flags: {}, env: {}, file: file('{not json') })).toThrow(/not a JSON object/);
   });
 });
