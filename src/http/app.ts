@@ -269,7 +269,7 @@ export class WatchdogHttp {
       const url = parseTarget(req.url);
       const route = this.table[url.pathname];
       const handler = route?.[head ? 'GET' : (method as 'GET' | 'POST')];
-      if (!route) reply = { status: 404, json: { error: `no route ${method} ${req.url}` } };
+      if (!route) reply = { status: 404, json: { error: `no route ${method} ${String(req.url).slice(0, 200)}` } };
       else if (!handler) reply = { status: 405, json: { error: `${method} ${url.pathname}: use ${Object.keys(route).join(', ')}` }, headers: { allow: Object.keys(route).join(', ') } };
       else {
         let body: Promise<string> | null = null;

@@ -119,6 +119,7 @@ export function parseChildren(text: string): number[] | null {
   const out: number[] = [];
   for (const part of text.split(' ')) {
     if (part.length === 0 || part === '\n') continue;
+    if (!/^\d+\n?$/.test(part)) return null; // digits only (Number() would take 0x1f, 1e3)
     const n = Number(part);
     if (!Number.isSafeInteger(n) || n <= 0) return null;
     out.push(n);

@@ -112,6 +112,8 @@ describe('the group signal never reaches a process the re-verification did not s
       expect(r.outcome).toBe('ok');
       expect(calls.some((c) => c.pid < 0)).toBe(false);
       expect(calls.every((c) => a.tree.pids.includes(c.pid))).toBe(true);
+      expect(r.processes.map((p) => p.pid).sort()).toEqual([...a.tree.pids].sort()); // every process accounted for
+      expect(calls.length).toBeGreaterThan(0);
       const why = extra === 'stranger' ? 'it holds process 4000001, which the re-verification did not see' : 'its members could not be listed';
       expect(r.processes.every((p) => p.note === `group ${a.tree.topPid} not signalled (${why}): signalled individually`)).toBe(true);
       for (const id of a.tree.identities) expect(goneOrZombie(id)).toBe(true);

@@ -179,6 +179,7 @@ describe('parseChildren and num_threads', () => {
     expect(parseChildren('123 456 ')).toEqual([123, 456]);
     expect(parseChildren('12 x ')).toBeNull();
     expect(parseChildren('0 ')).toBeNull();
+    expect(parseChildren('0x1f 1e3 ')).toBeNull(); // digits only
   });
 
   it('parseStat gives field 20, the number of threads', () => {

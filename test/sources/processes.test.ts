@@ -336,7 +336,7 @@ describe('readProcessTable on real processes', () => {
     expect(spawnSync('cc', ['-pthread', '-o', join(dir, 'zl'), join(dir, 'zl.c')]).status).toBe(0);
     const child = spawn(join(dir, 'zl'), { stdio: 'ignore' });
     try {
-      await waitUntil(() => /^Threads:\s+2$/m.test(readFileSync(`/proc/${child.pid}/status`, 'utf8')) && /^State:\s+Z/m.test(readFileSync(`/proc/${child.pid}/status`, 'utf8')));
+      expect(await waitUntil(() => /^Threads:\s+2$/m.test(readFileSync(`/proc/${child.pid}/status`, 'utf8')) && /^State:\s+Z/m.test(readFileSync(`/proc/${child.pid}/status`, 'utf8'))), 'the kernel shows it as Z with 2 threads').toBe(true);
       const id = readIdentity(child.pid!);
       expect(id?.state).toBe('S');
       const row = readProcessTable({}).table.processes.find((p) => p.pid === child.pid);

@@ -143,10 +143,12 @@ describe.skipIf(tools.length > 0)(`--process-source ps against /proc, on the sam
     const psByPid = new Map(ps.table.processes.map((p) => [p.pid, p]));
     const pids = project!.trees.flatMap((t) => t.pids);
     expect(pids.length).toBeGreaterThan(20);
+    let compared = 0;
     for (const pid of pids) {
       const a = proc.table.processes.find((p) => p.pid === pid);
       const b = psByPid.get(pid);
       if (!a || !b) continue; // a top the scenario killed
+      compared++;
       const delta = m.startEpoch(ps.table.clock, b.startTicks) - m.startEpoch(proc.table.clock, a.startTicks);
       // lstart is whole seconds derived from the whole-second boot time: up to ~1 s early, never a second late.
       expect(delta, `pid ${pid}`).toBeGreaterThan(-2.05);
@@ -154,6 +156,7 @@ describe.skipIf(tools.length > 0)(`--process-source ps against /proc, on the sam
       expect([b.ppid, b.pgid]).toEqual([a.ppid, a.pgid]);
       if (a.uid !== null) expect(b.uid).toBe(a.uid); // /proc reads uids of the processes that matter only
     }
+    expect(compared).toBeGreaterThan(20); // the loop compared the trees, not nothing
   });
 
   it('plans the same kills, and reap through ps kills exactly those processes', async () => {
