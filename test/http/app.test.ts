@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -231,6 +232,21 @@ describe('POST /api/reap', () => {
     expect(big.statusCode).toBe(413);
     expect(big.json().error).toMatch(/over the 65536-byte limit/);
     expect((await post('{"allLeaked":', `Bearer ${TOKEN}`, true)).json().error).toMatch(/^body: not JSON \(/);
+    // Streamed (chunked, no content-length): cut off at the limit as it arrives.
+    const port = (app!.server.address() as { port: number }).port;
+    const streamed = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/api/reap', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' } }, (res) => {
+        let body = '';
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', reject);
+      req.write('{"jobs":["');
+      for (let i = 0; i < 10; i++) req.write('x'.repeat(8 * 1024)); // 80 KiB: over the limit, within the socket buffers
+      req.end('"]}');
+    });
+    expect(streamed.status).toBe(413);
+    expect(JSON.parse(streamed.body).error).toBe(`body over the ${BODY_LIMIT_BYTES}-byte limit`);
     expect(calls.reaps).toEqual([]);
     expect((await inject('/healthz')).statusCode).toBe(200); // still serving
   });
