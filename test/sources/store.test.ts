@@ -21,6 +21,7 @@ import {
   pyJsonDumps,
   updateJob,
   updateRun,
+  STEPWISE_SCHEMA_SQL,
 } from '../../src/demo/kit/stepwise-schema.js';
 
 // The fixture lives in the repository (test/fixtures), never outside it.
@@ -153,6 +154,17 @@ describe('the stepwise 0.46.1 fixture', () => {
     scenarios: Scenario[];
   };
   const allPids = new Set(expected.scenarios.map((s) => s.adapter_top_pid));
+
+  it("the stores we build carry the engine's own CREATE statements, byte for byte", () => {
+    const db = new Database(path.join(FIXTURE_DIR, 'stepwise.db'), { readonly: true, fileMustExist: true });
+    try {
+      const rows = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'step_runs', 'events') ORDER BY name").all() as { sql: string }[];
+      expect(rows).toHaveLength(3);
+      for (const r of rows) expect(STEPWISE_SCHEMA_SQL).toContain(`${r.sql};`);
+    } finally {
+      db.close();
+    }
+  });
 
   it('returns the 9 runs with their pids, agents and job statuses', () => {
     const p = path.join(dir, 'stepwise.db');

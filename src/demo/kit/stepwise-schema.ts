@@ -2,9 +2,10 @@
 // engine's. Used by tests, the demo and benchmarks to build OUR OWN temporary stores; nothing in
 // the watchdog proper writes to a store (the reader in store.ts opens the engine's read-only).
 //
-// The CREATE statements are copied verbatim from `sqlite_master` of a database written by the
+// The CREATE statements are, byte for byte, `sqlite_master`'s text in a database written by the
 // real engine (fixtures/stepwise-0.46.1-leak/stepwise.db), including the columns its migrations
-// appended (`, notify_url TEXT, …` / `, pid INTEGER`). OLD_SCHEMA_SQL is the pre-migration shape.
+// appended (`, notify_url TEXT, …` / `, pid INTEGER`); built from one column list per table, so
+// OLD_SCHEMA_SQL (the pre-migration shape) is the same list without what the migrations added.
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 
@@ -14,41 +15,50 @@ type Db = Database.Database;
 // in case a program builds a store with this module before it imports store.ts.
 process.env.SQLITE_USE_URI ??= '1';
 
-const JOBS_SQL = `CREATE TABLE jobs (
-                id TEXT PRIMARY KEY,
-                objective TEXT,
-                workflow TEXT,
-                status TEXT,
-                inputs TEXT,
-                parent_job_id TEXT,
-                parent_step_run_id TEXT,
-                workspace_path TEXT,
-                config TEXT,
-                created_at TEXT,
-                updated_at TEXT,
-                created_by TEXT DEFAULT 'server',
-                runner_pid INTEGER,
-                heartbeat_at TEXT
-            , notify_url TEXT, notify_context TEXT, name TEXT, metadata TEXT DEFAULT '{}', job_group TEXT, loop_frames TEXT DEFAULT '{}')`;
+/** The columns as created (indented as sqlite_master keeps them); migrations append more. */
+const JOBS_COLUMNS = [
+  'id TEXT PRIMARY KEY',
+  'objective TEXT',
+  'workflow TEXT',
+  'status TEXT',
+  'inputs TEXT',
+  'parent_job_id TEXT',
+  'parent_step_run_id TEXT',
+  'workspace_path TEXT',
+  'config TEXT',
+  'created_at TEXT',
+  'updated_at TEXT',
+  "created_by TEXT DEFAULT 'server'",
+  'runner_pid INTEGER',
+  'heartbeat_at TEXT',
+];
+const STEP_RUNS_COLUMNS = [
+  'id TEXT PRIMARY KEY',
+  'job_id TEXT REFERENCES jobs(id)',
+  'step_name TEXT',
+  'attempt INTEGER',
+  'status TEXT',
+  'inputs TEXT',
+  'dep_run_ids TEXT',
+  'result TEXT',
+  'error TEXT',
+  'error_category TEXT',
+  'traceback TEXT',
+  'executor_state TEXT',
+  'watch TEXT',
+  'sub_job_id TEXT',
+  'started_at TEXT',
+  'completed_at TEXT',
+];
+/** Columns a later release added inside the CREATE statement (not by ALTER TABLE). */
+const STEP_RUNS_IN_PLACE = new Set(['error_category TEXT', 'traceback TEXT']);
 
-const STEP_RUNS_SQL = `CREATE TABLE step_runs (
-                id TEXT PRIMARY KEY,
-                job_id TEXT REFERENCES jobs(id),
-                step_name TEXT,
-                attempt INTEGER,
-                status TEXT,
-                inputs TEXT,
-                dep_run_ids TEXT,
-                result TEXT,
-                error TEXT,
-                error_category TEXT,
-                traceback TEXT,
-                executor_state TEXT,
-                watch TEXT,
-                sub_job_id TEXT,
-                started_at TEXT,
-                completed_at TEXT
-            , pid INTEGER)`;
+/** A CREATE TABLE as sqlite_master prints it; `altered`: what ALTER TABLE ADD COLUMN appended. */
+const createTable = (name: string, columns: readonly string[], altered = '') =>
+  `CREATE TABLE ${name} (\n${columns.map((c) => `                ${c}`).join(',\n')}\n            ${altered})`;
+
+const JOBS_SQL = createTable('jobs', JOBS_COLUMNS, ", notify_url TEXT, notify_context TEXT, name TEXT, metadata TEXT DEFAULT '{}', job_group TEXT, loop_frames TEXT DEFAULT '{}'");
+const STEP_RUNS_SQL = createTable('step_runs', STEP_RUNS_COLUMNS, ', pid INTEGER');
 
 const EVENTS_SQL = `CREATE TABLE events (
                 id TEXT PRIMARY KEY,
@@ -73,38 +83,8 @@ export const STEPWISE_SCHEMA_SQL = `${JOBS_SQL};\n${STEP_RUNS_SQL};\n${EVENTS_SQ
  * The same tables before the migrations: step_runs without error_category, traceback, pid;
  * jobs without notify_url, notify_context, name, metadata, job_group, loop_frames.
  */
-export const OLD_SCHEMA_SQL = `CREATE TABLE jobs (
-                id TEXT PRIMARY KEY,
-                objective TEXT,
-                workflow TEXT,
-                status TEXT,
-                inputs TEXT,
-                parent_job_id TEXT,
-                parent_step_run_id TEXT,
-                workspace_path TEXT,
-                config TEXT,
-                created_at TEXT,
-                updated_at TEXT,
-                created_by TEXT DEFAULT 'server',
-                runner_pid INTEGER,
-                heartbeat_at TEXT
-            );
-CREATE TABLE step_runs (
-                id TEXT PRIMARY KEY,
-                job_id TEXT REFERENCES jobs(id),
-                step_name TEXT,
-                attempt INTEGER,
-                status TEXT,
-                inputs TEXT,
-                dep_run_ids TEXT,
-                result TEXT,
-                error TEXT,
-                executor_state TEXT,
-                watch TEXT,
-                sub_job_id TEXT,
-                started_at TEXT,
-                completed_at TEXT
-            );
+export const OLD_SCHEMA_SQL = `${createTable('jobs', JOBS_COLUMNS)};
+${createTable('step_runs', STEP_RUNS_COLUMNS.filter((c) => !STEP_RUNS_IN_PLACE.has(c)))};
 ${EVENTS_SQL};
 ${INDEXES_SQL}
 `;
