@@ -72,7 +72,7 @@ export function namesLiveProcess(run: RunRow, interest: Interest): boolean {
 
 export const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 export const posInt = (v: unknown): number | null =>
-  typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : typeof v === 'bigint' && v > 0n ? Number(v) : null;
+  typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : typeof v === 'bigint' && v > 0n && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : null;
 
 /** stepwise records 0 when getpgid failed; only a real group id (> 1) means anything. */
 export const groupId = (v: unknown): number | null => {
